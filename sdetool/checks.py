@@ -1,0 +1,135 @@
+"""``--fail-if`` checks: ``PATH OP NUMBER`` evaluated against a JSON result, for CI pipelines.
+
+A path is dotted (``bands.noise.energy_share``); list items are addressed by index
+(``singular_values.0``). Against a report of several sets (``{"sets": {...}}``) a path that is not
+found at the top level is checked in every set, and fails when any set fails it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+
+from sdetool.errors import BadInputError
+
+OPERATORS = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_PATTERN = re.compile(r"^\s*(?P<path>[^\s<>=!]+)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<value>\S+)\s*$")
+_EXAMPLE = "e.g. 'bands.noise.energy_share > 0.85'"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One parsed ``--fail-if`` expression."""
+
+    text: str
+    path: str
+    op: str
+    value: float
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of a check on one subject (a set key, or None for the top level)."""
+
+    check: Check
+    subject: str | None
+    actual: object
+    failed: bool
+
+    def describe(self) -> str:
+        where = f"[{self.subject}] " if self.subject else ""
+        shown = "null" if self.actual is None else f"{self.actual:.6g}" if isinstance(self.actual, float) else self.actual
+        return f"{where}{self.check.path} = {shown}"
+
+
+def parse_check(text: str) -> Check:
+    """Parse ``PATH OP NUMBER``; a malformed expression raises :class:`BadInputError`."""
+    match = _PATTERN.match(text or "")
+    if not match:
+        raise BadInputError(f"--fail-if {text!r}: expected 'PATH OP NUMBER' with OP one of < <= > >= == !=, {_EXAMPLE}")
+    try:
+        value = float(match["value"])
+    except ValueError:
+        raise BadInputError(f"--fail-if {text!r}: {match['value']!r} is not a number, {_EXAMPLE}") from None
+    return Check(text=text.strip(), path=match["path"], op=match["op"], value=value)
+
+
+_MISSING = object()
+
+
+def resolve(document, path: str):
+    """The value at a dotted path, or a private sentinel when there is none.
+
+    Keys containing dots are matched greedily (the longest key that exists wins).
+    """
+    parts = path.split(".")
+    node = document
+    index = 0
+    while index < len(parts):
+        if isinstance(node, dict):
+            for end in range(len(parts), index, -1):
+                candidate = ".".join(parts[index:end])
+                if candidate in node:
+                    node = node[candidate]
+                    index = end
+                    break
+            else:
+                return _MISSING
+        elif isinstance(node, list) and parts[index].lstrip("-").isdigit():
+            position = int(parts[index])
+            if not -len(node) <= position < len(node):
+                return _MISSING
+            node = node[position]
+            index += 1
+        else:
+            return _MISSING
+    return node
+
+
+def _judge(check: Check, subject: str | None, actual) -> CheckResult:
+    if actual is None:
+        return CheckResult(check, subject, None, True)
+    if isinstance(actual, bool):
+        actual = float(actual)
+    if not isinstance(actual, (int, float)):
+        raise BadInputError(f"--fail-if {check.text!r}: {check.path} is a {type(actual).__name__}, not a number")
+    actual = float(actual)
+    if math.isnan(actual):
+        return CheckResult(check, subject, None, True)
+    return CheckResult(check, subject, actual, bool(OPERATORS[check.op](actual, check.value)))
+
+
+def evaluate(checks: list[Check], document: dict) -> list[CheckResult]:
+    """Evaluate checks; a check *fails* when its comparison holds (``--fail-if``), or its value is null.
+
+    Raises
+    ------
+    BadInputError
+        A path found nowhere (the message lists the top-level keys), or a non-numeric value.
+    """
+    results = []
+    for check in checks:
+        value = resolve(document, check.path)
+        if value is not _MISSING:
+            results.append(_judge(check, None, value))
+            continue
+        sets = document.get("sets") if isinstance(document, dict) else None
+        found = False
+        for key, entry in (sets or {}).items():
+            value = resolve(entry, check.path)
+            if value is not _MISSING:
+                found = True
+                results.append(_judge(check, key, value))
+        if not found:
+            keys = ", ".join(document) if isinstance(document, dict) else "none"
+            raise BadInputError(f"--fail-if {check.text!r}: no value at {check.path!r}; top-level keys: {keys}")
+    return results

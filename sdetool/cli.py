@@ -1,0 +1,196 @@
+"""The ``sdetool`` command line: parse -> one library call -> render. Exit codes: 0 ok, 1 a ``--fail-if``
+check failed, 2 bad input or usage. Heavy modules are imported inside the commands so that
+``sdetool --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from typing import List, Optional, Tuple
+
+import typer
+from rich.console import Console
+
+from sdetool import __version__
+from sdetool.errors import SdetoolError
+
+app = typer.Typer(
+    name="sdetool",
+    help="See, measure and repair the spectral structure of embeddings (strong / weak / noise subspaces).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    """Print one error line on stderr and exit."""
+    _stderr().print(f"[bold red]sdetool: error:[/] {message}", soft_wrap=True, markup=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(command):
+    """Turn library errors into one-line messages and exit code 2 (the CLI's one error boundary)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SdetoolError as error:
+            fail(str(error).replace("[", "\\["))
+        except KeyboardInterrupt:
+            fail("interrupted; no output was written", 130)
+        except MemoryError:
+            fail("out of memory; try a smaller --block-rows or --sample", EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+class NoiseEstimator(str, Enum):
+    median = "median"
+    mppca = "mppca"
+    iqr = "iqr"
+
+
+class StrongRule(str, Enum):
+    iqr = "iqr"
+    gd = "gd"
+
+
+class Energy(str, Enum):
+    power = "power"
+    amplitude = "amplitude"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sdetool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """See, measure and repair the spectral structure of embeddings (strong / weak / noise subspaces)."""
+
+
+class RichProgress:
+    """Streaming progress as a rich bar on stderr (rows, rows/s, ETA)."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = None
+
+    def start(self, label: str, total_rows: int) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task(f"reading {label}", total=total_rows, rate="")
+
+    def advance(self, rows: int) -> None:
+        speed = self._bar.tasks[self._task].speed
+        self._bar.update(self._task, advance=rows, rate=f"{speed:,.0f} rows/s" if speed else "")
+
+    def finish(self) -> None:
+        self._bar.stop()
+
+
+@app.command()
+@handles_errors
+def analyze(
+    inputs: List[str] = typer.Argument(
+        ...,
+        metavar="INPUT",
+        help="Embeddings: an sdetool .h5 store, FILE.h5:/dataset, .npy, .npz, .pt, .safetensors or builtin:spiked. "
+        "Several files are shards of the same sets, analyzed as one matrix.",
+        show_default=False,
+    ),
+    key: Optional[List[str]] = typer.Option(
+        None, "--key", "-k", help="Embedding set to analyze (repeatable; default: every set). Two or more add the cross-modal section."
+    ),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-' for stdout).", metavar="PATH"),
+    csv_path: Optional[str] = typer.Option(
+        None, "--csv", help="Write the per-component table (index, singular value, band, energy share, snr) here.", metavar="PATH"
+    ),
+    center: bool = typer.Option(True, "--center/--no-center", help="Subtract the column mean before the spectrum."),
+    l2: bool = typer.Option(False, "--l2/--no-l2", help="Scale every row to unit norm before the spectrum."),
+    noise_estimator: NoiseEstimator = typer.Option(
+        NoiseEstimator.median, "--noise-estimator", help="Noise level: median singular value (Gavish-Donoho), mppca (Veraart), or iqr of the entries."
+    ),
+    edge_level: float = typer.Option(
+        0.01, "--edge-level", help="Probability that pure noise crosses the noise edge (Tracy-Widom margin); 0 for the bare MP edge.", min=0.0, max=0.5
+    ),
+    strong_rule: StrongRule = typer.Option(
+        StrongRule.iqr, "--strong-rule", help="Strong threshold: iqr (Tukey fence Q3 + k IQR of the singular values) or gd (Gavish-Donoho)."
+    ),
+    iqr_k: float = typer.Option(1.5, "--iqr-k", help="Fence multiplier k of the iqr strong rule.", min=0.0),
+    energy: Energy = typer.Option(Energy.power, "--energy", help="Band energy: power (sum of s^2) or amplitude (sum of s)."),
+    top_k: int = typer.Option(10, "--top-k", help="Leading directions compared across sets (subspace overlap).", min=1),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Analyze a seeded random subset of N rows.", metavar="N", min=2),
+    seed: int = typer.Option(0, "--seed", help="Seed of --sample and of the iqr estimator's entry sample."),
+    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out rows holding NaN or Inf instead of refusing the input."),
+    alpha_window: Tuple[int, int] = typer.Option((10, 100), "--alpha-window", help="1-based index window FIRST LAST of the power-law fit."),
+    block_rows: Optional[int] = typer.Option(None, "--block-rows", help="Rows per streamed block (default: about 32 MiB of float64).", min=1),
+    fail_if: Optional[List[str]] = typer.Option(
+        None, "--fail-if", help="Exit 1 when this holds, e.g. 'bands.noise.energy_share > 0.85' (repeatable).", metavar="EXPR"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables (errors and failed checks still print)."),
+) -> None:
+    """Spectrum of embedding sets: MP/IQR partition into strong / weak / noise bands, energy shares, metrics."""
+    from sdetool import checks, report
+    from sdetool.analysis import AnalysisOptions, analyze as run_analysis
+    from sdetool.distributed import current_world
+
+    parsed_checks = [checks.parse_check(text) for text in fail_if or []]
+    report.check_output_path(json_path, "--json")
+    report.check_output_path(csv_path, "--csv")
+    options = AnalysisOptions(
+        center=center, l2=l2, noise_estimator=noise_estimator.value, edge_level=edge_level,
+        strong_rule=strong_rule.value, iqr_k=iqr_k, energy=energy.value, top_k=top_k, sample=sample,
+        seed=seed, drop_nonfinite=drop_nonfinite, alpha_window=tuple(alpha_window), block_rows=block_rows,
+    )
+    world = current_world()
+    console_err = _stderr()
+    progress = None if quiet or not world.is_main else RichProgress(console_err)
+    result = run_analysis(inputs, key, options, progress=progress)
+    if not world.is_main:
+        return
+    document = result.to_dict()
+    if json_path:
+        report.write_json(document, json_path)
+    if csv_path:
+        report.write_csv(result.to_frame(), csv_path)
+    if not quiet:
+        report.render_analysis(document, console_err if json_path == "-" else Console())
+    outcomes = checks.evaluate(parsed_checks, document)
+    report.render_checks(outcomes, console_err)
+    if any(outcome.failed for outcome in outcomes):
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="sdetool")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

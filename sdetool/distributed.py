@@ -1,0 +1,107 @@
+"""Data-parallel analysis under ``torchrun``: each rank streams its own shards; statistics are all-reduced.
+
+Gram statistics are additive. Every rank holds ``(n_k, mean_k, scatter_k)`` of its rows; with the
+global mean ``m = sum n_k mean_k / n`` (one all-reduce), the global centred scatter is
+``sum_k scatter_k + n_k (mean_k - m)(mean_k - m)^T`` (one more all-reduce), with no cancellation.
+Tensors travel in float64 over the gloo backend (CPU), whatever device did the reading.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdetool.gram import GramState
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a data-parallel job (``rank 0 of 1`` when not distributed)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def my_share(self, count: int) -> list[int]:
+        """Indices of the items (shards) this rank handles: round-robin."""
+        return [i for i in range(count) if i % self.size == self.rank]
+
+
+def current_world() -> World:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    ``WORLD_SIZE`` > 1 initialises ``torch.distributed`` with the gloo backend (once); otherwise the
+    job is a single process and torch is not imported.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return World()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return World(rank=dist.get_rank(), size=dist.get_world_size())
+
+
+def _all_reduce(array: np.ndarray) -> np.ndarray:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+    dist.all_reduce(tensor)
+    return tensor.numpy()
+
+
+def all_reduce_state(state: GramState, world: World) -> GramState:
+    """Combine the :class:`GramState` of every rank; every rank gets the global statistics.
+
+    Row samples for entry-wise estimators are gathered and merged by their keys; kept rows
+    (direct-SVD mode) are not supported across ranks and are dropped.
+    """
+    if not world.distributed:
+        return state
+    d = state.dim
+    counts = _all_reduce(np.array([state.n, state.zero_rows, state.nonfinite_rows], dtype=np.float64))
+    n = int(counts[0])
+    weighted = _all_reduce(state.mean * state.n)
+    mean = weighted / n if n else np.zeros(d)
+    delta = state.mean - mean
+    scatter = _all_reduce(state.scatter + state.n * np.outer(delta, delta))
+    unit_sum = _all_reduce(state.unit_sum)
+    first = _all_reduce(np.array([np.inf if state.first_nonfinite is None else state.first_nonfinite]))
+    sample, keys = _gather_samples(state)
+    return GramState(
+        n=n,
+        mean=mean,
+        scatter=0.5 * (scatter + scatter.T),
+        unit_sum=unit_sum,
+        zero_rows=int(counts[1]),
+        nonfinite_rows=int(counts[2]),
+        first_nonfinite=None if not np.isfinite(first[0]) else int(first[0]),
+        rows=None,
+        entry_sample=sample,
+        entry_keys=keys,
+    )
+
+
+def _gather_samples(state: GramState) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if state.entry_sample is None:
+        return None, None
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (state.entry_sample, state.entry_keys))
+    merged = None
+    for sample, keys in gathered:
+        part = GramState(0, state.mean, state.scatter, state.unit_sum, entry_sample=sample, entry_keys=keys)
+        merged = part if merged is None else merged.merge(part)
+    return merged.entry_sample, merged.entry_keys

@@ -1,0 +1,289 @@
+"""Streaming sufficient statistics of a row set: count, mean, centred scatter (float64 Gram).
+
+Rows arrive in chunks of any float dtype; every chunk is widened into one preallocated float64
+buffer (never accumulated in float16/float32), shifted by a fixed vector (the first chunk's mean) so
+that centering at the end does not cancel, and added to the Gram with a BLAS syrk. States of
+disjoint row sets merge exactly (Chan, Golub & LeVeque 1979), which makes shards and distributed
+ranks additive.
+
+Pure numpy: no files, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class GramState:
+    """Statistics of ``n`` rows of dimension ``d``.
+
+    Attributes
+    ----------
+    n : int
+        Number of rows accumulated.
+    mean : ndarray, shape (d,)
+        Column mean, float64.
+    scatter : ndarray, shape (d, d)
+        Centred scatter ``sum_i (x_i - mean)(x_i - mean)^T``, float64, symmetric.
+    unit_sum : ndarray, shape (d,)
+        Sum of the raw rows scaled to unit norm (zero rows skipped): gives the mean pairwise cosine
+        and the modality gap in O(n d).
+    zero_rows : int
+        Rows of norm zero (left out of ``unit_sum``).
+    nonfinite_rows : int
+        Rows holding NaN or Inf that were seen (dropped or not, see :class:`GramAccumulator`).
+    first_nonfinite : int or None
+        Stream position (0-based, counting every row seen) of the first such row.
+    rows : ndarray or None, shape (n, d)
+        The rows themselves, when they were kept for a direct SVD (small ``n``).
+    entry_sample : ndarray or None, shape (m, d)
+        A uniform random sample of rows (bottom-k keys), for entry-wise noise estimators.
+    entry_keys : ndarray or None, shape (m,)
+        The sampling keys of ``entry_sample``, so that samples of several states merge.
+    """
+
+    n: int
+    mean: np.ndarray
+    scatter: np.ndarray
+    unit_sum: np.ndarray
+    zero_rows: int = 0
+    nonfinite_rows: int = 0
+    first_nonfinite: int | None = None
+    rows: np.ndarray | None = None
+    entry_sample: np.ndarray | None = None
+    entry_keys: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def gram(self, centered: bool = True) -> np.ndarray:
+        """``X^T X`` of the centred (default) or raw rows, shape (d, d), float64."""
+        if centered:
+            return self.scatter
+        return self.scatter + self.n * np.outer(self.mean, self.mean)
+
+    def merge(self, other: "GramState") -> "GramState":
+        """Statistics of the union of two disjoint row sets (exact up to rounding)."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge statistics of dimension {self.dim} and {other.dim}")
+        n = self.n + other.n
+        if n == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
+        firsts = [f for f in (self.first_nonfinite, other.first_nonfinite) if f is not None]
+        rows = None
+        if self.rows is not None and other.rows is not None:
+            rows = np.concatenate([self.rows, other.rows])
+        sample, keys = _merge_samples(self, other)
+        return GramState(
+            n=n,
+            mean=mean,
+            scatter=scatter,
+            unit_sum=self.unit_sum + other.unit_sum,
+            zero_rows=self.zero_rows + other.zero_rows,
+            nonfinite_rows=self.nonfinite_rows + other.nonfinite_rows,
+            first_nonfinite=min(firsts) if firsts else None,
+            rows=rows,
+            entry_sample=sample,
+            entry_keys=keys,
+        )
+
+
+def _merge_samples(a: GramState, b: GramState) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if a.entry_sample is None or b.entry_sample is None:
+        return (a.entry_sample if b.entry_sample is None else b.entry_sample,
+                a.entry_keys if b.entry_keys is None else b.entry_keys)
+    capacity = max(len(a.entry_keys), len(b.entry_keys))
+    keys = np.concatenate([a.entry_keys, b.entry_keys])
+    sample = np.concatenate([a.entry_sample, b.entry_sample])
+    keep = np.argsort(keys, kind="stable")[:capacity]
+    return sample[keep], keys[keep]
+
+
+def row_keys(positions: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform pseudo-random numbers in [0, 1) that depend only on ``(seed, position)`` (splitmix64)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(positions, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+@dataclass
+class GramAccumulator:
+    """Accumulates a :class:`GramState` from row chunks.
+
+    Parameters
+    ----------
+    dim : int
+        Row dimension ``d``.
+    l2 : bool
+        Scale every row to unit norm before accumulating (zero rows stay zero).
+    drop_nonfinite : bool
+        Leave out rows holding NaN or Inf (they are still counted). When False, the first such row
+        stops accumulation: only counting continues, and the caller decides what to report.
+    keep_rows : bool
+        Also keep the (widened, normalised) rows, for a direct SVD when ``n < d``.
+    sample_rows : int
+        Keep a uniform random sample of this many rows (0: none), for entry-wise noise estimates.
+    seed : int
+        Seed of that sample.
+
+    Examples
+    --------
+    >>> acc = GramAccumulator(dim=3)
+    >>> acc.update(np.eye(3, dtype=np.float32))
+    >>> state = acc.finalize()
+    >>> state.n, state.mean.tolist()
+    (3, [0.3333333333333333, 0.3333333333333333, 0.3333333333333333])
+    """
+
+    dim: int
+    l2: bool = False
+    drop_nonfinite: bool = False
+    keep_rows: bool = False
+    sample_rows: int = 0
+    seed: int = 0
+    _buffer: np.ndarray = field(init=False, repr=False)
+    _gram: np.ndarray = field(init=False, repr=False)
+    _column_sum: np.ndarray = field(init=False, repr=False)
+    _shift: np.ndarray | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        d = self.dim
+        self._buffer = np.empty((0, d), dtype=np.float64)
+        self._gram = np.zeros((d, d), dtype=np.float64)
+        self._column_sum = np.zeros(d, dtype=np.float64)
+        self._unit_sum = np.zeros(d, dtype=np.float64)
+        self._n = 0
+        self._seen = 0
+        self._zero_rows = 0
+        self._nonfinite = 0
+        self._first_nonfinite: int | None = None
+        self._kept: list[np.ndarray] = []
+        self._sample = np.empty((0, d), dtype=np.float64)
+        self._sample_keys = np.empty(0, dtype=np.float64)
+
+    @property
+    def failed(self) -> bool:
+        """True once a non-finite row was seen and is not being dropped."""
+        return self._nonfinite > 0 and not self.drop_nonfinite
+
+    def _widen(self, chunk: np.ndarray) -> np.ndarray:
+        rows = chunk.shape[0]
+        if self._buffer.shape[0] < rows:
+            self._buffer = np.empty((rows, self.dim), dtype=np.float64)
+        block = self._buffer[:rows]
+        np.copyto(block, chunk, casting="unsafe")
+        return block
+
+    def _screen_nonfinite(self, block: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Count rows with NaN/Inf; return the rows without them (none once failed)."""
+        # One summing pass detects any non-finite value; the per-row mask is only built when needed.
+        if math.isfinite(float(block.sum())):
+            return block, positions
+        bad = ~np.isfinite(block).all(axis=1)
+        count = int(bad.sum())
+        if count == 0:  # the sum overflowed on finite values (|x| ~ 1e308): nothing to drop
+            return block, positions
+        first = int(positions[np.argmax(bad)])
+        self._first_nonfinite = first if self._first_nonfinite is None else min(first, self._first_nonfinite)
+        self._nonfinite += count
+        if not self.drop_nonfinite:
+            return block[:0], positions[:0]
+        return block[~bad], positions[~bad]
+
+    def update(self, chunk: np.ndarray, positions: np.ndarray | None = None) -> None:
+        """Add a chunk of rows, shape ``(rows, d)``, any real float dtype.
+
+        ``positions`` are the rows' global indices (default: consecutive after the rows seen so
+        far); they name the first non-finite row and seed the row sample, so results do not depend
+        on how the rows were chunked or sharded.
+        """
+        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
+            raise ValueError(f"chunk must have shape (rows, {self.dim}), got {chunk.shape}")
+        rows = chunk.shape[0]
+        if rows == 0:
+            return
+        if positions is None:
+            positions = np.arange(self._seen, self._seen + rows, dtype=np.int64)
+        block = self._widen(chunk)
+        if self.failed:  # counting only: the result will not be used
+            self._screen_nonfinite(block, positions)
+        else:
+            block, positions = self._screen_nonfinite(block, positions)
+            if block.shape[0]:
+                self._accumulate(block, positions)
+        self._seen += rows
+
+    def _accumulate(self, block: np.ndarray, positions: np.ndarray) -> None:
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        nonzero = norms > 0
+        self._zero_rows += int(block.shape[0] - nonzero.sum())
+        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=nonzero)
+        self._unit_sum += inverse @ block
+        if self.l2:
+            block *= inverse[:, None]
+        if self.keep_rows:
+            self._kept.append(block.copy())
+        if self.sample_rows:
+            self._sample_into(block, positions)
+        if self._shift is None:
+            self._shift = block.mean(axis=0)
+        block -= self._shift
+        self._column_sum += block.sum(axis=0)
+        self._gram += block.T @ block  # numpy dispatches A.T @ A to BLAS syrk
+        self._n += block.shape[0]
+
+    def _sample_into(self, block: np.ndarray, positions: np.ndarray) -> None:
+        # Bottom-k sampling: every row gets a pseudo-random key hashed from (seed, position); the
+        # rows with the smallest keys are a uniform sample without replacement, whatever the
+        # chunking, sharding or rank, and samples merge by key.
+        keys = row_keys(positions, self.seed)
+        all_keys = np.concatenate([self._sample_keys, keys])
+        if all_keys.size <= self.sample_rows:
+            self._sample = np.concatenate([self._sample, block])
+            self._sample_keys = all_keys
+            return
+        keep = np.argpartition(all_keys, self.sample_rows - 1)[: self.sample_rows]
+        old = self._sample_keys.size
+        from_old, from_new = keep[keep < old], keep[keep >= old]
+        self._sample = np.concatenate([self._sample[from_old], block[from_new - old]])
+        self._sample_keys = np.concatenate([all_keys[from_old], all_keys[from_new]])
+
+    def finalize(self) -> GramState:
+        """The statistics of every row accumulated so far."""
+        d = self.dim
+        n = self._n
+        if n == 0:
+            mean = np.zeros(d)
+            scatter = np.zeros((d, d))
+        else:
+            offset = self._column_sum / n
+            mean = self._shift + offset
+            scatter = self._gram - n * np.outer(offset, offset)
+            scatter = 0.5 * (scatter + scatter.T)
+        return GramState(
+            n=n,
+            mean=mean,
+            scatter=scatter,
+            unit_sum=self._unit_sum.copy(),
+            zero_rows=self._zero_rows,
+            nonfinite_rows=self._nonfinite,
+            first_nonfinite=self._first_nonfinite,
+            rows=np.concatenate(self._kept) if self.keep_rows and self._kept else (
+                np.empty((0, d)) if self.keep_rows else None),
+            entry_sample=self._sample.copy() if self.sample_rows else None,
+            entry_keys=self._sample_keys.copy() if self.sample_rows else None,
+        )

@@ -1,0 +1,130 @@
+"""Results -> rich tables, JSON and CSV. Files are written atomically (temporary file, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+from rich.console import Console
+from rich.table import Table
+
+from sdetool.errors import BadInputError
+
+BAND_STYLES = {"strong": "bold #0072B2", "weak": "#E69F00", "noise": "#999999"}  # Okabe-Ito
+
+
+def check_output_path(path: str | None, option: str) -> None:
+    """Refuse an output path whose folder does not exist, before any work is done."""
+    if path is None or path == "-":
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise BadInputError(f"{option} {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise BadInputError(f"{option} {path}: is a folder, expected a file path")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder; ``-`` means stdout."""
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def write_json(document: dict, path: str) -> None:
+    """Strict JSON (no NaN: values are already cleaned to null), indented."""
+    atomic_write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(frame, path: str) -> None:
+    """A pandas frame as CSV without its index."""
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.10g"))
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _set_tables(entry: dict) -> list:
+    noise, rule = entry["noise"], entry["strong_rule"]
+    rule_text = f"{rule['name']}" + (f", k={rule['iqr_k']}" if rule.get("iqr_k") is not None else "")
+    title = (
+        f"[bold]{entry['key']}[/]  {entry['n_samples']:,} x {entry['dim']} {entry['dtype']}"
+        f"{' centred' if entry['centered'] else ''}{' l2' if entry['normalized'] else ''}"
+    )
+    caption = (
+        f"noise sigma {_fmt(noise['sigma'])} ({noise['estimator']}), edge {_fmt(noise['edge'])} "
+        f"(level {noise['edge_level']}), strong threshold {_fmt(rule['threshold'])} ({rule_text})"
+    )
+    bands = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    bands.add_column("band")
+    bands.add_column("components", justify="right")
+    bands.add_column("first", justify="right")
+    bands.add_column(f"energy share ({entry['energy']})", justify="right")
+    bands.add_column("", min_width=20)
+    for name, band in entry["bands"].items():
+        share = band["energy_share"] or 0.0
+        bar = "█" * int(round(share * 20))
+        bands.add_row(f"[{BAND_STYLES[name]}]{name}[/]", str(band["count"]), _fmt(band["first_index"]),
+                      f"{share:.2%}", f"[{BAND_STYLES[name]}]{bar}[/]")
+    scores = entry["metrics"]
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="dim")
+    table.add_column(justify="right")
+    table.add_row("effective rank", f"{_fmt(scores['effective_rank'])} ({scores['effective_rank_on']})")
+    table.add_row("stable rank", _fmt(scores["stable_rank"]))
+    table.add_row("participation ratio", _fmt(scores["participation_ratio"]))
+    window = scores["power_law_window"]
+    table.add_row(f"power-law alpha (i={window[0]}..{window[1]})",
+                  f"{_fmt(scores['power_law_alpha'])} (R2 {_fmt(scores['power_law_r2'], 3)})")
+    table.add_row("mean cosine", _fmt(scores["mean_cosine"]))
+    if entry.get("dropped_nonfinite"):
+        table.add_row("dropped non-finite rows", str(entry["dropped_nonfinite"]))
+    return [bands, table]
+
+
+def _cross_table(cross: dict) -> Table:
+    table = Table(title="[bold]cross-modal[/]", title_justify="left")
+    for name in ("pair", "hellinger", "subspace overlap", "modality gap", "note"):
+        table.add_column(name, justify="left" if name in ("pair", "note") else "right")
+    for name, entry in cross.items():
+        overlap = _fmt(entry["subspace_overlap"])
+        if entry["top_k"]:
+            overlap = f"{overlap} (top {entry['top_k']})"
+        table.add_row(name, _fmt(entry["hellinger"]), overlap, _fmt(entry["modality_gap"]), entry["note"] or "")
+    return table
+
+
+def render_analysis(document: dict, console: Console) -> None:
+    """Print the tables of an ``sdetool.analysis/1`` document (one set or several)."""
+    entries = document["sets"].values() if "sets" in document else [document]
+    for entry in entries:
+        for table in _set_tables(entry):
+            console.print(table)
+        console.print()
+    if document.get("cross"):
+        console.print(_cross_table(document["cross"]))
+
+
+def render_checks(results, console: Console) -> None:
+    """One line per ``--fail-if`` result that failed."""
+    for result in results:
+        if result.failed:
+            console.print(f"[red]FAILED[/] --fail-if {result.check.text!r}: {result.describe()}", highlight=False, soft_wrap=True)

@@ -1,0 +1,308 @@
+"""The singular spectrum and its strong / weak / noise partition (METHOD.md sections 1-3).
+
+Pure functions: arrays in, arrays or frozen result objects out. Conventions: singular values are
+sorted descending; ``n`` is the number of rows *after* the degree of freedom taken by centering
+(``n - 1`` when the matrix was centred), ``d`` the number of columns, ``p = min(n, d)``,
+``q = max(n, d)``, ``beta = p / q``.
+
+References
+----------
+Gavish & Donoho (2014) (median noise estimate, optimal hard threshold); Veraart et al. (2016),
+NeuroImage 142 (MP-PCA); Johnstone (2001) (Tracy-Widom edge); Benaych-Georges & Nadakuditi (2012)
+(spike SNR); Tukey (1977) (fences).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from sdetool import rmt
+
+BANDS = ("strong", "weak", "noise")
+NOISE_ESTIMATORS = ("median", "mppca", "iqr")
+STRONG_RULES = ("iqr", "gd")
+ENERGY_KINDS = ("power", "amplitude")
+
+# --- singular values -----------------------------------------------------------------------------
+
+
+def singular_values_from_gram(gram: np.ndarray, rank: int | None = None) -> np.ndarray:
+    """Singular values of ``X`` from ``G = X^T X``: ``sqrt(max(eigvalsh(G), 0))``, descending.
+
+    Parameters
+    ----------
+    gram : ndarray, shape (d, d)
+        Symmetric positive semi-definite Gram matrix (float64 for accuracy).
+    rank : int, optional
+        Keep only the first ``rank`` values (``min(n, d)``: the rest are zero in exact arithmetic).
+    """
+    eigenvalues = linalg.eigvalsh(gram, check_finite=False)[::-1]
+    values = np.sqrt(np.clip(eigenvalues, 0.0, None))
+    return values if rank is None else values[:rank].copy()
+
+
+def singular_values_direct(rows: np.ndarray) -> np.ndarray:
+    """Singular values of a matrix held in memory (LAPACK gesdd in float64), descending."""
+    return linalg.svdvals(np.asarray(rows, dtype=np.float64), check_finite=False)
+
+
+def _fix_signs(vectors: np.ndarray) -> np.ndarray:
+    """Make the largest-magnitude entry of each column positive (deterministic output)."""
+    pivots = np.argmax(np.abs(vectors), axis=0)
+    signs = np.sign(vectors[pivots, np.arange(vectors.shape[1])])
+    signs[signs == 0] = 1.0
+    return vectors * signs
+
+
+def top_right_singular_vectors(gram: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` leading right singular vectors of ``X`` from ``G = X^T X``, shape (d, k).
+
+    Signs are fixed so that each vector's largest-magnitude entry is positive.
+    """
+    d = gram.shape[0]
+    k = int(min(max(k, 1), d))
+    _, vectors = linalg.eigh(gram, subset_by_index=[d - k, d - 1], check_finite=False)
+    return _fix_signs(vectors[:, ::-1])
+
+
+def top_right_singular_vectors_direct(rows: np.ndarray, k: int) -> np.ndarray:
+    """As :func:`top_right_singular_vectors`, from the rows of a matrix held in memory."""
+    _, _, vt = linalg.svd(np.asarray(rows, dtype=np.float64), full_matrices=False, check_finite=False)
+    return _fix_signs(vt[: min(k, vt.shape[0])].T.copy())
+
+
+# --- noise level ---------------------------------------------------------------------------------
+
+
+def _shape(n: int, d: int, p: int) -> tuple[int, int, float]:
+    if n < 1 or d < 1:
+        raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
+    q = max(n, d)
+    return p, q, min(n, d) / q
+
+
+def noise_sigma_median(singular_values: np.ndarray, n: int, d: int) -> float:
+    """Noise std from the median singular value: ``s_med / sqrt(q mu_beta)`` (Gavish & Donoho 2014).
+
+    Robust while fewer than about half the components carry signal.
+    """
+    values = np.asarray(singular_values, dtype=np.float64)
+    _, q, beta = _shape(n, d, values.size)
+    median = float(np.median(values))
+    return median / math.sqrt(q * rmt.marchenko_pastur_median(beta))
+
+
+def noise_sigma_mppca(singular_values: np.ndarray, n: int, d: int) -> tuple[float, int]:
+    """Noise std and signal rank by MP-PCA (Veraart et al. 2016).
+
+    With ``lambda_i = s_i^2 / q`` (descending, ``p`` values), the signal rank ``P`` is the smallest
+    such that the remaining ``p - P`` eigenvalues fit one MP bulk:
+    ``lambda_{P+1} - lambda_p <= 4 sqrt((p - P) / q) mean(lambda_{P+1..p})``; then
+    ``sigma^2 = mean(lambda_{P+1..p})``.
+
+    Returns
+    -------
+    sigma : float
+    signal_rank : int
+    """
+    values = np.asarray(singular_values, dtype=np.float64)
+    p, q, _ = _shape(n, d, values.size)
+    eigenvalues = values * values / q
+    # Tail means for every P at once: mean(lambda[P:]) = (total - cumsum[P-1]) / (p - P).
+    tail_sums = np.cumsum(eigenvalues[::-1])[::-1]
+    counts = np.arange(p, 0, -1)
+    means = tail_sums / counts
+    widths = eigenvalues - eigenvalues[-1]
+    fits = widths <= 4.0 * np.sqrt(counts / q) * means
+    rank = int(np.argmax(fits)) if fits.any() else p - 1
+    return float(math.sqrt(max(means[rank], 0.0))), rank
+
+
+def noise_sigma_iqr(entries: np.ndarray) -> float:
+    """Noise std as the inter-quartile range of matrix entries over 1.349 (Gaussian IQR / std)."""
+    values = np.asarray(entries, dtype=np.float64).ravel()
+    if values.size < 4:
+        raise ValueError(f"need at least 4 entries for an IQR estimate, got {values.size}")
+    q1, q3 = np.percentile(values, [25.0, 75.0])
+    return float((q3 - q1) / (2.0 * 0.6744897501960817))
+
+
+# --- thresholds and partition --------------------------------------------------------------------
+
+
+def strong_threshold_iqr(singular_values: np.ndarray, k: float = 1.5) -> float:
+    """Tukey's upper fence over the singular values: ``Q3 + k IQR``."""
+    q1, q3 = np.percentile(np.asarray(singular_values, dtype=np.float64), [25.0, 75.0])
+    return float(q3 + k * (q3 - q1))
+
+
+def strong_threshold_gd(sigma: float, n: int, d: int) -> float:
+    """Gavish-Donoho optimal hard threshold for known noise: ``lambda*(beta) sqrt(q) sigma``."""
+    q = max(n, d)
+    return rmt.gavish_donoho_lambda(min(n, d) / q) * math.sqrt(q) * sigma
+
+
+def partition(singular_values: np.ndarray, edge: float, threshold: float) -> np.ndarray:
+    """Band index per component: 0 strong (``s > max(threshold, edge)``), 1 weak, 2 noise (``s <= edge``)."""
+    values = np.asarray(singular_values, dtype=np.float64)
+    labels = np.full(values.shape, 1, dtype=np.int8)
+    labels[values <= edge] = 2
+    labels[values > max(threshold, edge)] = 0
+    return labels
+
+
+def energy_shares(singular_values: np.ndarray, labels: np.ndarray, energy: str = "power") -> np.ndarray:
+    """Share of the total energy in each band, shape (3,) ordered as :data:`BANDS`.
+
+    ``power`` weighs a component by ``s_i^2`` (its variance), ``amplitude`` by ``s_i``.
+    """
+    weights = component_weights(singular_values, energy)
+    total = weights.sum()
+    if total <= 0:
+        return np.zeros(len(BANDS))
+    return np.array([weights[labels == band].sum() / total for band in range(len(BANDS))])
+
+
+def component_weights(singular_values: np.ndarray, energy: str = "power") -> np.ndarray:
+    """Per-component energy: ``s_i^2`` (``power``) or ``s_i`` (``amplitude``)."""
+    values = np.asarray(singular_values, dtype=np.float64)
+    if energy == "power":
+        return values * values
+    if energy == "amplitude":
+        return values.copy()
+    raise ValueError(f"energy must be one of {ENERGY_KINDS}, got {energy!r}")
+
+
+def component_snr(singular_values: np.ndarray, sigma: float, n: int, d: int) -> np.ndarray:
+    """Signal strength behind each singular value, in units of ``sigma sqrt(q)`` (BBP inversion).
+
+    NaN for values inside the bulk (no signal interpretation) or when ``sigma`` is zero.
+    """
+    values = np.asarray(singular_values, dtype=np.float64)
+    q = max(n, d)
+    if sigma <= 0:
+        return np.full(values.shape, np.nan)
+    return rmt.spike_strength(values / (sigma * math.sqrt(q)), min(n, d) / q)
+
+
+# --- the whole partition -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionOptions:
+    """Choices of METHOD.md sections 2-3; every one is recorded in the output.
+
+    Attributes
+    ----------
+    noise_estimator : {"median", "mppca", "iqr"}
+    edge_level : float
+        Probability that pure noise crosses the noise edge (Tracy-Widom margin); 0 for the bare MP edge.
+    strong_rule : {"iqr", "gd"}
+    iqr_k : float
+        Tukey fence multiplier of the ``iqr`` strong rule.
+    energy : {"power", "amplitude"}
+    """
+
+    noise_estimator: str = "median"
+    edge_level: float = 0.01
+    strong_rule: str = "iqr"
+    iqr_k: float = 1.5
+    energy: str = "power"
+
+    def __post_init__(self) -> None:
+        _one_of("noise_estimator", self.noise_estimator, NOISE_ESTIMATORS)
+        _one_of("strong_rule", self.strong_rule, STRONG_RULES)
+        _one_of("energy", self.energy, ENERGY_KINDS)
+        if not (0.0 <= self.edge_level <= 0.5):
+            raise ValueError(f"edge_level must be in [0, 0.5], got {self.edge_level!r}")
+        if not (self.iqr_k >= 0 and math.isfinite(self.iqr_k)):
+            raise ValueError(f"iqr_k must be a finite number >= 0, got {self.iqr_k!r}")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class SpectralPartition:
+    """The MP/IQR partition of one spectrum. Arrays have one entry per component (length ``p``)."""
+
+    singular_values: np.ndarray
+    n: int
+    d: int
+    sigma: float
+    edge: float
+    mp_edge: float
+    threshold: float
+    labels: np.ndarray
+    shares: np.ndarray
+    snr: np.ndarray
+    options: PartitionOptions
+    signal_rank: int | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.labels == i).sum()) for i, name in enumerate(BANDS)}
+
+    def band_names(self) -> list[str]:
+        return [BANDS[i] for i in self.labels]
+
+
+def partition_spectrum(
+    singular_values: np.ndarray,
+    n: int,
+    d: int,
+    options: PartitionOptions = PartitionOptions(),
+    entries: np.ndarray | None = None,
+) -> SpectralPartition:
+    """Estimate the noise level, the noise edge and the strong threshold, and split the spectrum.
+
+    Parameters
+    ----------
+    singular_values : ndarray, shape (p,)
+        Descending singular values of the (centred) ``n x d`` matrix.
+    n, d : int
+        Effective rows (``n - 1`` if centred) and columns.
+    options : PartitionOptions
+    entries : ndarray, optional
+        A sample of (centred) matrix entries; required by the ``iqr`` noise estimator.
+    """
+    values = np.asarray(singular_values, dtype=np.float64)
+    if values.ndim != 1 or values.size < 1:
+        raise ValueError(f"singular_values must be a non-empty 1-D array, got shape {values.shape}")
+    signal_rank = None
+    if options.noise_estimator == "median":
+        sigma = noise_sigma_median(values, n, d)
+    elif options.noise_estimator == "mppca":
+        sigma, signal_rank = noise_sigma_mppca(values, n, d)
+    else:
+        if entries is None:
+            raise ValueError("the iqr noise estimator needs a sample of matrix entries")
+        sigma = noise_sigma_iqr(entries)
+    edge = rmt.noise_edge(sigma, max(n, 2), d, options.edge_level)
+    if options.strong_rule == "iqr":
+        threshold = strong_threshold_iqr(values, options.iqr_k)
+    else:
+        threshold = strong_threshold_gd(sigma, n, d)
+    labels = partition(values, edge, threshold)
+    snr = component_snr(values, sigma, n, d)
+    snr[labels == 2] = np.nan
+    return SpectralPartition(
+        singular_values=values,
+        n=n,
+        d=d,
+        sigma=float(sigma),
+        edge=float(edge),
+        mp_edge=float(sigma * (math.sqrt(n) + math.sqrt(d))),
+        threshold=float(threshold),
+        labels=labels,
+        shares=energy_shares(values, labels, options.energy),
+        snr=snr,
+        options=options,
+        signal_rank=signal_rank,
+    )
