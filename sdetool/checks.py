@@ -60,6 +60,8 @@ def parse_check(text: str) -> Check:
         value = float(match["value"])
     except ValueError:
         raise BadInputError(f"--fail-if {text!r}: {match['value']!r} is not a number, {_EXAMPLE}") from None
+    if not math.isfinite(value):
+        raise BadInputError(f"--fail-if {text!r}: the number must be finite (a NaN or infinite bound never fires)")
     return Check(text=text.strip(), path=match["path"], op=match["op"], value=value)
 
 

@@ -57,6 +57,7 @@ def handles_errors(command):
 
 class NoiseEstimator(str, Enum):
     median = "median"
+    median_gd = "median-gd"
     mppca = "mppca"
     iqr = "iqr"
 
@@ -134,7 +135,8 @@ def analyze(
     center: bool = typer.Option(True, "--center/--no-center", help="Subtract the column mean before the spectrum."),
     l2: bool = typer.Option(False, "--l2/--no-l2", help="Scale every row to unit norm before the spectrum."),
     noise_estimator: NoiseEstimator = typer.Option(
-        NoiseEstimator.median, "--noise-estimator", help="Noise level: median singular value (Gavish-Donoho), mppca (Veraart), or iqr of the entries."
+        NoiseEstimator.median, "--noise-estimator", help="Noise level: median (median singular value, deflated of the signal components), median-gd "
+        "(plain Gavish-Donoho median), mppca (Veraart MP-PCA), or iqr (IQR of the entries / 1.349)."
     ),
     edge_level: float = typer.Option(
         0.01, "--edge-level", help="Probability that pure noise crosses the noise edge (Tracy-Widom margin); 0 for the bare MP edge.", min=0.0, max=0.5
@@ -170,18 +172,19 @@ def analyze(
     )
     world = current_world()
     console_err = _stderr()
-    progress = None if quiet or not world.is_main else RichProgress(console_err)
+    # A bar only on a terminal: in logs it would only leave blank lines behind.
+    progress = RichProgress(console_err) if not quiet and world.is_main and console_err.is_terminal else None
     result = run_analysis(inputs, key, options, progress=progress)
     if not world.is_main:
         return
     document = result.to_dict()
+    outcomes = checks.evaluate(parsed_checks, document)  # a bad path is bad input: refuse before writing
     if json_path:
         report.write_json(document, json_path)
     if csv_path:
         report.write_csv(result.to_frame(), csv_path)
     if not quiet:
         report.render_analysis(document, console_err if json_path == "-" else Console())
-    outcomes = checks.evaluate(parsed_checks, document)
     report.render_checks(outcomes, console_err)
     if any(outcome.failed for outcome in outcomes):
         raise typer.Exit(EXIT_CHECK_FAILED)

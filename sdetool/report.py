@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sdetool.errors import BadInputError
@@ -32,16 +32,10 @@ def atomic_write_text(path: str, text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    from sdetool.store import atomic_path
+
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
 
 
 def write_json(document: dict, path: str) -> None:
@@ -127,4 +121,5 @@ def render_checks(results, console: Console) -> None:
     """One line per ``--fail-if`` result that failed."""
     for result in results:
         if result.failed:
-            console.print(f"[red]FAILED[/] --fail-if {result.check.text!r}: {result.describe()}", highlight=False, soft_wrap=True)
+            detail = escape(f"--fail-if {result.check.text!r}: {result.describe()}")
+            console.print(f"[red]FAILED[/] {detail}", highlight=False, soft_wrap=True)

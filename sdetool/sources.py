@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import queue
+import zipfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -90,6 +91,7 @@ def _to_numpy(block) -> np.ndarray:
     # A torch tensor: numpy has no bfloat16, so that one is widened here.
     import torch
 
+    block = block.detach()
     if block.dtype == torch.bfloat16:
         block = block.to(torch.float32)
     return block.numpy()
@@ -115,7 +117,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 
 def open_spec(spec: str) -> dict[str, object]:
-    """Describe the matrices of one input spec, keyed by set name (validated: 2-D, float, d >= 1)."""
+    """Describe the matrices of one input spec, keyed by set name (not yet validated)."""
     path, dataset = split_spec(spec)
     if path.startswith("builtin:"):
         from sdetool.data.synthetic import builtin_matrix
@@ -127,8 +129,6 @@ def open_spec(spec: str) -> dict[str, object]:
         if os.path.isdir(path):
             raise BadInputError(f"{path}: is a folder, expected an embeddings file ({', '.join(SUFFIXES)})")
         matrices = _open_file(path, dataset)
-    for matrix in matrices.values():
-        _validate(matrix)
     return matrices
 
 
@@ -160,7 +160,7 @@ def _open_npz(path: str) -> dict[str, object]:
     try:
         archive = np.load(path, allow_pickle=False)
         arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise BadInputError(f"{path}: not a readable .npz archive: {error}") from None
     if not arrays:
         raise BadInputError(f"{path}: the .npz archive holds no arrays")
@@ -173,16 +173,24 @@ def _open_torch(path: str) -> dict[str, object]:
     import torch
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            loaded = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BadInputError(
             f"{path}: cannot load as a tensor file with torch.load(weights_only=True) "
             f"(arbitrary pickled objects are refused): {reason}"
         ) from None
     if isinstance(loaded, torch.Tensor):
-        return {DEFAULT_KEY: ArrayMatrix(path, DEFAULT_KEY, loaded)}
+        loaded = {DEFAULT_KEY: loaded}
     if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        for name, tensor in loaded.items():
+            if tensor.layout != torch.strided:
+                raise BadInputError(f"{path}: tensor {name!r} is {tensor.layout} (sparse); expected a dense 2-D tensor")
         return {str(name): ArrayMatrix(path, str(name), tensor) for name, tensor in loaded.items()}
     raise BadInputError(f"{path}: holds a {type(loaded).__name__}, expected a 2-D tensor (or a dict of tensors)")
 
@@ -236,7 +244,9 @@ def open_inputs(specs: Sequence[str], keys: Sequence[str] | None = None) -> dict
         raise BadInputError("no input given; expected at least one embeddings file")
     opened = [(spec, open_spec(spec)) for spec in specs]
     first_spec, first = opened[0]
-    wanted = list(keys) if keys else list(first)
+    # By default every 2-D array is a set; side arrays (labels, biases) of .npz/.pt/.safetensors
+    # files are skipped. A file with none falls through to validation, which says what is wrong.
+    wanted = list(keys) if keys else [k for k, m in first.items() if len(m.shape) == 2] or list(first)
     missing = [key for key in wanted if key not in first]
     if missing:
         raise UnknownKeyError(
@@ -248,6 +258,7 @@ def open_inputs(specs: Sequence[str], keys: Sequence[str] | None = None) -> dict
             if key not in matrices:
                 raise UnknownKeyError(f"{spec}: shard has no set {key!r}; its sets: {', '.join(matrices)}")
             shard = matrices[key]
+            _validate(shard)
             reference = result[key][0] if result[key] else shard
             if shard.shape[1] != reference.shape[1]:
                 raise BadInputError(

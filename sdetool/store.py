@@ -14,6 +14,7 @@ any HDF5 file can be read as ``file.h5:/path/to/dataset``.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,29 @@ EMBEDDINGS = "embeddings"
 IDS = "ids"
 STORE_DTYPES = ("float32", "float16")
 _TARGET_CHUNK_BYTES = 1 << 20  # 1 MiB HDF5 chunks: large enough for throughput, small for appends
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask),
+    not the owner-only mode of :func:`tempfile.mkstemp`.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise BadStoreError(f"{path}: folder {folder} does not exist")
+    fd, temp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield temp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
 
 
 def open_file(path: str) -> h5py.File:
@@ -214,8 +238,10 @@ def _chunk_rows_for(dim: int, itemsize: int) -> int:
 class SetWriter:
     """Appends rows (and ids) to one embedding set of an open :class:`StoreWriter`."""
 
-    def __init__(self, group: h5py.Group, dim: int, dtype: str, with_ids: bool) -> None:
+    def __init__(self, group: h5py.Group, dim: int, dtype: str, with_ids: bool, expected_rows: int | None = None) -> None:
         rows = _chunk_rows_for(dim, np.dtype(dtype).itemsize)
+        if expected_rows:
+            rows = max(1, min(rows, expected_rows))
         self._data = group.create_dataset(
             EMBEDDINGS, shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(rows, dim)
         )
@@ -257,24 +283,34 @@ class StoreWriter:
         self.path = path
         self.mode = mode
         self._handle: h5py.File | None = None
-        self._temp: str | None = None
+        self._atomic = None
 
     def __enter__(self) -> "StoreWriter":
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise BadStoreError(f"{self.path}: folder {folder} does not exist")
-        fd, self._temp = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
-        os.close(fd)
-        if self.mode == "a" and os.path.exists(self.path):
-            with open_file(self.path) as source, h5py.File(self._temp, "w") as target:
-                for name in source:
-                    source.copy(source[name], target, name=name)
-                target.attrs.update(source.attrs)
-        self._handle = h5py.File(self._temp, "a")
+        existing = open_file(self.path) if self.mode == "a" and os.path.exists(self.path) else None
+        try:
+            self._atomic = atomic_path(self.path)
+            temp = self._atomic.__enter__()
+            self._handle = h5py.File(temp, "w")
+            if existing is not None:
+                for name in existing:
+                    existing.copy(existing[name], self._handle, name=name)
+                self._handle.attrs.update(existing.attrs)
+        except BaseException:
+            self._abandon(*sys.exc_info())
+            raise
+        finally:
+            if existing is not None:
+                existing.close()
         self._handle.attrs["format"] = FORMAT
         self._handle.attrs["format_version"] = FORMAT_VERSION
         self._handle.attrs["created_by"] = f"sdetool {__version__}"
         return self
+
+    def _abandon(self, kind, value, traceback) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        if self._atomic is not None:
+            self._atomic.__exit__(kind, value, traceback)
 
     def create_set(
         self,
@@ -284,11 +320,13 @@ class StoreWriter:
         dtype: str = "float32",
         with_ids: bool = True,
         attrs: dict | None = None,
+        expected_rows: int | None = None,
     ) -> SetWriter:
         """Start embedding set ``key`` of dimension ``dim``; ``attrs`` become the group's attributes.
 
         The attributes ``modality``, ``model``, ``normalized`` and ``dtype_computed`` get defaults
-        ("unknown", "unknown", False, "float32") when not given.
+        ("unknown", "unknown", False, "float32") when not given. ``expected_rows`` caps the HDF5
+        chunk size for small sets (chunks are ~1 MiB otherwise).
         """
         if dtype not in STORE_DTYPES:
             raise ValueError(f"store dtype must be one of {STORE_DTYPES}, got {dtype!r}")
@@ -302,15 +340,16 @@ class StoreWriter:
         merged.update(attrs or {})
         for name, value in merged.items():
             group.attrs[name] = value
-        return SetWriter(group, dim, dtype, with_ids)
+        return SetWriter(group, dim, dtype, with_ids, expected_rows)
 
     def __exit__(self, kind, value, traceback) -> None:
-        assert self._handle is not None
+        assert self._handle is not None, "StoreWriter was not entered"
         self._handle.close()
+        self._handle = None
         if kind is None:
-            os.replace(self._temp, self.path)
+            self._atomic.__exit__(None, None, None)
         else:
-            os.unlink(self._temp)
+            self._atomic.__exit__(kind, value, traceback)
 
 
 def write_set(
@@ -331,5 +370,6 @@ def write_set(
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be 2-D (n, d), got shape {embeddings.shape}")
     with StoreWriter(path, mode=mode) as writer:
-        target = writer.create_set(key, embeddings.shape[1], dtype=dtype, with_ids=ids is not None, attrs=attrs)
+        target = writer.create_set(key, embeddings.shape[1], dtype=dtype, with_ids=ids is not None, attrs=attrs,
+                                   expected_rows=embeddings.shape[0])
         target.append(embeddings.astype(dtype, copy=False), ids)
