@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sdetool import __version__
 from sdetool.errors import SdetoolError
@@ -32,9 +33,13 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def _print_error(message: str) -> None:
+    _stderr().print(f"[bold red]sdetool: error:[/] {escape(message)}", soft_wrap=True)
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    """Print one error line on stderr and exit."""
-    _stderr().print(f"[bold red]sdetool: error:[/] {message}", soft_wrap=True, markup=True)
+    """Print one error line on stderr and exit (inside a command)."""
+    _print_error(message)
     raise typer.Exit(code)
 
 
@@ -46,7 +51,7 @@ def handles_errors(command):
         try:
             return command(*args, **kwargs)
         except SdetoolError as error:
-            fail(str(error).replace("[", "\\["))
+            fail(str(error))
         except KeyboardInterrupt:
             fail("interrupted; no output was written", 130)
         except MemoryError:
@@ -190,10 +195,23 @@ def analyze(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="sdetool")
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry point: usage errors too become one line on stderr and exit code 2."""
+    from typer.exceptions import TyperException
+
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="sdetool", standalone_mode=False)
+    except TyperException as error:
+        if not hasattr(error, "format_message"):  # Abort (Ctrl-C at a prompt) and the like
+            _print_error("interrupted")
+            sys.exit(130)
+        context = getattr(error, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        _print_error(error.format_message() + hint)
+        sys.exit(getattr(error, "exit_code", EXIT_BAD_INPUT))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -90,6 +90,7 @@ def all_reduce_state(state: GramState, world: World) -> GramState:
         rows=None,
         entry_sample=sample,
         entry_keys=keys,
+        sample_rows=state.sample_rows,
     )
 
 
@@ -102,6 +103,7 @@ def _gather_samples(state: GramState) -> tuple[np.ndarray | None, np.ndarray | N
     dist.all_gather_object(gathered, (state.entry_sample, state.entry_keys))
     merged = None
     for sample, keys in gathered:
-        part = GramState(0, state.mean, state.scatter, state.unit_sum, entry_sample=sample, entry_keys=keys)
+        part = GramState(0, state.mean, state.scatter, state.unit_sum, entry_sample=sample, entry_keys=keys,
+                         sample_rows=state.sample_rows)
         merged = part if merged is None else merged.merge(part)
     return merged.entry_sample, merged.entry_keys

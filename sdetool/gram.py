@@ -44,6 +44,8 @@ class GramState:
         A uniform random sample of rows (bottom-k keys), for entry-wise noise estimators.
     entry_keys : ndarray or None, shape (m,)
         The sampling keys of ``entry_sample``, so that samples of several states merge.
+    sample_rows : int
+        Capacity of the row sample (a merged sample keeps at most this many rows).
     """
 
     n: int
@@ -56,6 +58,7 @@ class GramState:
     rows: np.ndarray | None = None
     entry_sample: np.ndarray | None = None
     entry_keys: np.ndarray | None = None
+    sample_rows: int = 0
 
     @property
     def dim(self) -> int:
@@ -72,11 +75,12 @@ class GramState:
         if other.dim != self.dim:
             raise ValueError(f"cannot merge statistics of dimension {self.dim} and {other.dim}")
         n = self.n + other.n
-        if n == 0:
-            return self
         delta = other.mean - self.mean
-        mean = self.mean + delta * (other.n / n)
-        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
+        if n == 0:
+            mean, scatter = self.mean, self.scatter
+        else:
+            mean = self.mean + delta * (other.n / n)
+            scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
         firsts = [f for f in (self.first_nonfinite, other.first_nonfinite) if f is not None]
         rows = None
         if self.rows is not None and other.rows is not None:
@@ -93,6 +97,7 @@ class GramState:
             rows=rows,
             entry_sample=sample,
             entry_keys=keys,
+            sample_rows=max(self.sample_rows, other.sample_rows),
         )
 
 
@@ -100,7 +105,7 @@ def _merge_samples(a: GramState, b: GramState) -> tuple[np.ndarray | None, np.nd
     if a.entry_sample is None or b.entry_sample is None:
         return (a.entry_sample if b.entry_sample is None else b.entry_sample,
                 a.entry_keys if b.entry_keys is None else b.entry_keys)
-    capacity = max(len(a.entry_keys), len(b.entry_keys))
+    capacity = max(a.sample_rows, b.sample_rows, len(a.entry_keys), len(b.entry_keys))
     keys = np.concatenate([a.entry_keys, b.entry_keys])
     sample = np.concatenate([a.entry_sample, b.entry_sample])
     keep = np.argsort(keys, kind="stable")[:capacity]
@@ -286,4 +291,5 @@ class GramAccumulator:
                 np.empty((0, d)) if self.keep_rows else None),
             entry_sample=self._sample.copy() if self.sample_rows else None,
             entry_keys=self._sample_keys.copy() if self.sample_rows else None,
+            sample_rows=self.sample_rows,
         )

@@ -526,3 +526,20 @@ def test_console_script_end_to_end(two_sets, tmp_path):
     assert "Traceback" not in bad.stderr + bad.stdout
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert lines == [f"sdetool: error: {tmp_path / 'missing.h5'}: no such file"]
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["analyze", "builtin:spiked", "--noise-estimator", "foo"], "--noise-estimator"),
+        (["analyze", "builtin:spiked", "--edge-level", "2"], "--edge-level"),
+        (["analyze"], "Missing argument 'INPUT'"),
+        (["bogus"], "No such command 'bogus'"),
+    ],
+)
+def test_usage_errors_of_the_console_script_are_one_line(args, fragment):
+    completed = subprocess.run([sys.executable, "-m", "sdetool", *args], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sdetool: error:") and fragment in lines[0], completed.stderr
+    assert "Traceback" not in completed.stderr and completed.stdout == ""

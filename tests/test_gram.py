@@ -145,3 +145,16 @@ def test_gram_state_merge_refuses_other_dimension():
     b = GramState(1, np.zeros(3), np.zeros((3, 3)), np.zeros(3))
     with pytest.raises(ValueError, match="dimension"):
         a.merge(b)
+
+
+def test_merge_of_empty_states_keeps_both_samples():
+    def state(value, key):
+        return GramState(0, np.zeros(2), np.zeros((2, 2)), np.zeros(2), entry_sample=np.full((1, 2), value),
+                         entry_keys=np.array([key]), sample_rows=capacity)
+
+    capacity = 1
+    merged = state(1.0, 0.2).merge(state(0.0, 0.1))
+    assert merged.entry_keys.tolist() == [0.1] and merged.entry_sample.tolist() == [[0.0, 0.0]]
+    capacity = 5  # room for both: a merged sample is not cut to the size of its parts
+    merged = state(1.0, 0.2).merge(state(0.0, 0.1))
+    assert merged.entry_keys.tolist() == [0.1, 0.2]

@@ -1,0 +1,31 @@
+"""House rules that a test can check: pure math modules stay pure; the CLI starts without heavy imports."""
+
+import subprocess
+import sys
+
+import pytest
+
+PURE = ["sdetool.rmt", "sdetool.spectrum", "sdetool.metrics", "sdetool.gram", "sdetool.checks", "sdetool.data.synthetic"]
+FORBIDDEN = ["h5py", "typer", "rich", "matplotlib", "torch", "pandas"]
+
+
+def _loaded_after(statement: str) -> set:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return {name.split(".")[0] for name in output.split()}
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_math_modules_import_no_io_ui_or_framework(module):
+    loaded = _loaded_after(f"import {module}")
+    assert not loaded & set(FORBIDDEN), f"{module} pulls in {sorted(loaded & set(FORBIDDEN))}"
+
+
+def test_cli_help_imports_no_numerics():
+    loaded = _loaded_after("from sdetool.cli import app; from typer.testing import CliRunner; CliRunner().invoke(app, ['analyze', '--help'])")
+    assert not loaded & {"numpy", "scipy", "h5py", "torch", "pandas", "matplotlib"}
+
+
+def test_python_dash_m_runs_the_cli():
+    completed = subprocess.run([sys.executable, "-m", "sdetool", "--version"], capture_output=True, text=True, check=True)
+    assert completed.stdout.startswith("sdetool ")
