@@ -17,7 +17,13 @@ One run measures, on this machine and in this order:
    centred float64 matrix already in memory) and a naive per-row ``np.outer`` loop (timed on a subset,
    extrapolated). The top singular values of every method are checked against ``analyze``.
 4. Peak memory: ``analyze`` (library and CLI) in a fresh subprocess on both files (sizes a factor 10
-   apart); peak RSS from ``getrusage``.
+   apart); peak RSS as the child's own ``VmHWM`` (library) and ``getrusage(RUSAGE_CHILDREN)`` of a
+   small wrapper process (CLI).
+
+Timings on a shared machine are only as good as its idleness: every timed section reports how many
+cores *other* processes used meanwhile (from ``/proc/stat``), and ``--wait-quiet SECONDS`` waits for
+an idle machine before each timed round. Sections 2 and 3 also run with BLAS limited to one thread
+(``threadpoolctl``), which is far less sensitive to contention than the default thread pool.
 
 Run from the repository root::
 
@@ -34,7 +40,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -146,6 +151,70 @@ def read_pass(path: str, evict: bool) -> tuple[float, float]:
             pass
         seconds = time.perf_counter() - start
     return seconds, size / seconds / 1e9
+
+
+# --- other load on the machine -------------------------------------------------------------------
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes spent busy since boot (from /proc/stat; None where unavailable)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()[1:]
+    except OSError:
+        return None
+    values = [int(x) for x in fields]
+    busy = sum(values[:8]) - values[3] - values[4]  # user..steal, less idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class LoadMeter:
+    """CPU used by *other* processes while a section runs (cores on average): contention check."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._wall, self._busy, self._own = time.perf_counter(), _busy_seconds(), _own_seconds()
+
+    def foreign_cores(self) -> float | None:
+        busy = _busy_seconds()
+        if busy is None or self._busy is None:
+            return None
+        wall = time.perf_counter() - self._wall
+        return max(0.0, (busy - self._busy) - (_own_seconds() - self._own)) / max(wall, 1e-9)
+
+
+def foreign_load(seconds: float = 2.0) -> float | None:
+    """Cores used by other processes over a short idle window of this process."""
+    meter = LoadMeter()
+    time.sleep(seconds)
+    return meter.foreign_cores()
+
+
+class QuietWaiter:
+    """Before a timed step, wait (within a total budget) until other processes use < 0.1 core."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.left = budget_s
+        self.waited = 0.0
+
+    def __call__(self) -> None:
+        while self.left > 0:
+            load = foreign_load(1.0)
+            self.left -= 1.0
+            self.waited += 1.0
+            if load is None or load < 0.1:
+                return
+
+
+def fmt_load(cores: float | None) -> str:
+    return "n/a" if cores is None else f"{cores:.2f}"
 
 
 # --- what is timed -------------------------------------------------------------------------------
@@ -321,9 +390,16 @@ def environment() -> dict:
         ram_gib = psutil.virtual_memory().total / 2**30
     except ImportError:
         ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    def owner(filepath: str) -> str:
+        for package in ("numpy", "scipy", "scikit_learn", "torch"):
+            if f"{package}.libs" in filepath or f"/{package}/" in filepath:
+                return package.replace("scikit_learn", "scikit-learn")
+        return os.path.basename(filepath)
+
     blas = [
-        {key: info.get(key) for key in ("user_api", "internal_api", "prefix", "version", "architecture",
-                                         "threading_layer", "num_threads")}
+        {**{key: info.get(key) for key in ("user_api", "internal_api", "prefix", "version", "architecture",
+                                           "threading_layer", "num_threads")},
+         "loaded_by": owner(info.get("filepath", ""))}
         for info in threadpoolctl.threadpool_info()
     ]
     env_names = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -346,11 +422,205 @@ def environment() -> dict:
     }
 
 
+def streaming_section(args, big_path: str, n_big: int, d: int, scratch: str, summary: list, wait_quiet) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    log("\n--- streaming: big file ---")
+    block_rows = engine_block_rows(big_path)
+    size_gb = os.path.getsize(big_path) / 1e9
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available / 1e9
+        if available < 1.5 * size_gb:
+            log(f"WARNING: {available:.1f} GB available for a {size_gb:.1f} GB file: the page cache may not hold it")
+    except ImportError:
+        pass
+    cold_s, cold_rate = read_pass(big_path, evict=True)
+    warm_s, warm_rate = read_pass(big_path, evict=False)
+    log(f"block = {block_rows} rows (the engine's default: ~32 MiB float64, HDF5-chunk aligned)")
+    log(f"first read pass after posix_fadvise(DONTNEED) (cold-ish, best effort): {cold_s:.2f} s = {cold_rate:.2f} GB/s")
+    log(f"warm-up read pass (untimed for the variants; page cache now warm): {warm_s:.2f} s = {warm_rate:.2f} GB/s")
+    log("all timed variants below run on this warm page cache; rounds interleave floor, library, CLI")
+    rounds = []
+    lib_values = cli_values = None
+    meter = LoadMeter()
+    for index in range(args.rounds):
+        wait_quiet()
+        meter.reset()
+        rate = syrk_rate(block_rows, d)
+        floor = floor_pass(big_path, block_rows)
+        lib_s, lib_values = library_pass(big_path)
+        cli_s, cli_values = cli_pass(big_path, os.path.join(scratch, "big.json"))
+        other = meter.foreign_cores()
+        rounds.append({"syrk_gflops": rate, "floor": floor, "library": lib_s, "cli": cli_s, "other_cores": other})
+        log(f"round {index + 1} (default BLAS threads): syrk now {rate:5.1f} GFLOP/s | floor {floor['total']:.2f} s "
+            f"(read {floor['read']:.2f}, widen {floor['widen']:.2f}, syrk {floor['syrk']:.2f}, eigvalsh {floor['eigvalsh']:.2f}) "
+            f"| library {lib_s:.2f} s ({lib_s / floor['total']:.2f}x) | CLI {cli_s:.2f} s ({cli_s / floor['total']:.2f}x) "
+            f"| other processes {fmt_load(other)} cores")
+    single = []
+    with threadpool_limits(1):
+        for index in range(args.rounds_1t):
+            wait_quiet()
+            meter.reset()
+            rate = syrk_rate(block_rows, d)
+            floor = floor_pass(big_path, block_rows)
+            lib_s, _ = library_pass(big_path)
+            other = meter.foreign_cores()
+            single.append({"syrk_gflops": rate, "floor": floor, "library": lib_s, "other_cores": other})
+            log(f"round {index + 1} (1 BLAS thread): syrk now {rate:5.1f} GFLOP/s | floor {floor['total']:.2f} s "
+                f"(read {floor['read']:.2f}, widen {floor['widen']:.2f}, syrk {floor['syrk']:.2f}, eigvalsh {floor['eigvalsh']:.2f}) "
+                f"| library {lib_s:.2f} s ({lib_s / floor['total']:.2f}x) | other processes {fmt_load(other)} cores")
+
+    def med(items, get):
+        return statistics.median(get(r) for r in items)
+
+    floor_med = med(rounds, lambda r: r["floor"]["total"])
+    lib_med = med(rounds, lambda r: r["library"])
+    cli_med = med(rounds, lambda r: r["cli"])
+    paired = med(rounds, lambda r: r["library"] / r["floor"]["total"])
+    paired_cli = med(rounds, lambda r: r["cli"] / r["floor"]["total"])
+    parts = {k: med(rounds, lambda r: r["floor"][k]) for k in ("read", "widen", "syrk", "eigvalsh")}
+    agree = rel_diff(cli_values, lib_values)
+    rows = [
+        ("floor: h5py read + np.copyto + b.T@b + eigvalsh", f"{floor_med:.2f}", "1.00", "1.00"),
+        ("  of which h5py read (one thread)", f"{parts['read']:.2f}", f"{parts['read'] / floor_med:.2f}", ""),
+        ("  of which widen (np.copyto)", f"{parts['widen']:.2f}", f"{parts['widen'] / floor_med:.2f}", ""),
+        ("  of which syrk (G += b.T @ b)", f"{parts['syrk']:.2f}", f"{parts['syrk'] / floor_med:.2f}", ""),
+        ("  of which eigvalsh", f"{parts['eigvalsh']:.3f}", f"{parts['eigvalsh'] / floor_med:.3f}", ""),
+        ("sdetool.analysis.analyze (library)", f"{lib_med:.2f}", f"{lib_med / floor_med:.2f}", f"{paired:.2f}"),
+        ("sdetool analyze --json -q (CLI subprocess)", f"{cli_med:.2f}", f"{cli_med / floor_med:.2f}", f"{paired_cli:.2f}"),
+    ]
+    out = {"block_rows": block_rows, "cold_read_s": cold_s, "cold_gbps": cold_rate, "warm_read_s": warm_s,
+           "warm_gbps": warm_rate, "rounds": rounds, "rounds_1_thread": single, "floor_median": floor_med,
+           "library_median": lib_med, "cli_median": cli_med, "ratio_library_floor": lib_med / floor_med,
+           "ratio_cli_floor": cli_med / floor_med, "ratio_library_floor_paired_median": paired,
+           "ratio_cli_floor_paired_median": paired_cli, "floor_parts_median": parts,
+           "cli_vs_library_top50_rel_diff": agree}
+    if single:
+        floor_1 = med(single, lambda r: r["floor"]["total"])
+        lib_1 = med(single, lambda r: r["library"])
+        paired_1 = med(single, lambda r: r["library"] / r["floor"]["total"])
+        rows += [
+            ("floor, 1 BLAS thread (threadpoolctl)", f"{floor_1:.2f}", f"{floor_1 / floor_med:.2f}", ""),
+            ("analyze (library), 1 BLAS thread", f"{lib_1:.2f}", f"{lib_1 / floor_med:.2f}", f"{paired_1:.2f} vs 1-thread floor"),
+        ]
+        out.update({"floor_1_thread_median": floor_1, "library_1_thread_median": lib_1,
+                    "ratio_library_floor_1_thread": paired_1})
+    log("")
+    log(table(rows, (f"n={n_big:,}, d={d}, warm cache", f"median s (of {args.rounds})", "/ floor", "paired median")))
+    log(f"CLI vs library singular values (top {TOP}): max relative difference {agree:.1e}")
+    ratio = lib_med / floor_med
+    verdict = "MET" if ratio <= 1.25 else "NOT MET"
+    log(f"target analyze within 1.25x of the floor: {verdict} ({ratio:.2f}x of medians, paired per round {paired:.2f}x)")
+    summary.append(("analyze <= 1.25x floor (big file, default threads)", f"{ratio:.2f}x", verdict))
+    if single:
+        verdict_1 = "MET" if paired_1 <= 1.25 else "NOT MET"
+        summary.append(("analyze <= 1.25x floor (big file, 1 BLAS thread)", f"{paired_1:.2f}x", verdict_1))
+    return out
+
+
+def in_memory_section(args, matrix: np.ndarray, small_path: str, npy_path: str, n_small: int, d: int,
+                      summary: list, wait_quiet) -> dict:
+    from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
+
+    log(f"\n--- in memory: n={n_small:,}, d={d} ---")
+    read_pass(npy_path, evict=False)
+    read_pass(small_path, evict=False)
+    start = time.perf_counter()
+    x64 = matrix.astype(np.float64)
+    widen_s = time.perf_counter() - start
+    log(f"peers get the float64 matrix already in memory (float32 -> float64 took {widen_s:.2f} s, not counted); "
+        f"analyze reads the files (warm page cache)")
+
+    def np_svd():
+        return np.linalg.svd(x64 - x64.mean(axis=0), compute_uv=False)
+
+    def sp_svdvals():
+        return scipy.linalg.svdvals(x64 - x64.mean(axis=0))
+
+    def pca():
+        return PCA(svd_solver="full").fit(x64).singular_values_
+
+    peers = (("numpy.linalg.svd(Xc64, compute_uv=False)", np_svd),
+             ("scipy.linalg.svdvals(Xc64)", sp_svdvals),
+             ('sklearn PCA(svd_solver="full").fit(X64)', pca))
+
+    m = min(args.naive_rows, n_small)
+    subset = x64[:m]
+
+    def naive():
+        gram = np.zeros((d, d))
+        total = np.zeros(d)
+        for row in subset:
+            gram += np.outer(row, row)
+            total += row
+        return gram, total
+
+    def one_setting(label: str, reps_peers: int) -> tuple[list, np.ndarray]:
+        wait_quiet()
+        meter = LoadMeter()
+        methods = []
+        med, times, values = repeat(lambda: library_pass(npy_path), args.reps)
+        reference = values
+        methods.append(("analyze (.npy, memory-mapped)", med, times, values, None))
+        med, times, values = repeat(lambda: library_pass(small_path), args.reps)
+        methods.append(("analyze (.h5)", med, times, values, None))
+        for name, function in peers:
+            med, times, values = repeat(timed(function), reps_peers)
+            methods.append((name, med, times, np.asarray(values), None))
+        start = time.perf_counter()
+        gram, total = naive()
+        loop_s = time.perf_counter() - start
+        start = time.perf_counter()
+        naive_values = np.sqrt(np.clip(scipy.linalg.eigvalsh(gram - np.outer(total, total) / m)[::-1], 0, None))
+        eig_s = time.perf_counter() - start
+        estimate = loop_s * n_small / m + eig_s
+        check = rel_diff(naive_values[: min(m - 1, d)], scipy.linalg.svdvals(subset - subset.mean(axis=0)))
+        methods.append((f"naive np.outer row loop (EXTRAPOLATED from {m:,} rows)", estimate, [estimate], None,
+                        f"vs svdvals on the same {m:,} rows: {check:.1e}"))
+        for name, med, times, *_ in methods:
+            log(f"[{label}] {name}: " + ", ".join(f"{t:.2f}" for t in times) + " s")
+        other = meter.foreign_cores()
+        loads[label] = other
+        log(f"[{label}] other processes used {fmt_load(other)} cores on average meanwhile")
+        return methods, reference
+
+    def report(label: str, methods: list, reference: np.ndarray, reps_peers: int) -> dict:
+        analyze_med = methods[0][1]
+        rows = []
+        for name, med, times, values, note in methods:
+            agreement = note or ("(reference)" if values is reference else f"{rel_diff(values, reference):.1e}")
+            reps = len(times)
+            rows.append((name, f"{med:.2f}", str(reps) if "EXTRAPOLATED" not in name else "1 (subset)",
+                         f"{med / analyze_med:.1f}", agreement))
+        log("")
+        log(table(rows, (f"{label}: n={n_small:,}, d={d}", "median s", "runs", "/ analyze .npy",
+                         f"top-{TOP} max rel diff vs analyze")))
+        peer_times = [med for name, med, *_ in methods[2:]]
+        slower_analyze = max(methods[0][1], methods[1][1])
+        fastest = min(peer_times)
+        verdict = "MET" if slower_analyze < fastest else (
+            "MET for one input" if min(methods[0][1], methods[1][1]) < fastest else "NOT MET")
+        log(f"[{label}] target analyze faster than every in-memory peer: {verdict} (fastest peer {fastest:.2f} s = "
+            f"{fastest / slower_analyze:.1f}x the slower analyze input)")
+        summary.append((f"analyze faster than every in-memory peer ({label})", f"{fastest / slower_analyze:.1f}x margin", verdict))
+        return {"methods": [{"name": name, "median_s": med, "times": times, "agreement": row[4]}
+                            for (name, med, times, _, _), row in zip(methods, rows)], "verdict": verdict}
+
+    loads: dict = {}
+    out = {"widen_s": widen_s, "other_cores": loads}
+    methods, reference = one_setting("default threads", args.reps)
+    out["default_threads"] = report("default threads", methods, reference, args.reps)
+    if args.peer_reps_1t > 0:
+        with threadpool_limits(1):
+            methods, reference = one_setting("1 BLAS thread", args.peer_reps_1t)
+        out["one_thread"] = report("1 BLAS thread", methods, reference, args.peer_reps_1t)
+    return out
+
+
 # --- the run -------------------------------------------------------------------------------------
-
-
-def fmt_s(seconds: float) -> str:
-    return f"{seconds:8.2f} s"
 
 
 def table(rows: list[tuple], header: tuple) -> str:
@@ -372,8 +642,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-big", type=int, default=None, help="rows of the big file (default 1e6; --quick 2e5)")
     parser.add_argument("--n-small", type=int, default=None, help="rows of the small file (default 1e5; --quick 2e4)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (floor, library, CLI) on the big file")
+    parser.add_argument("--rounds-1t", type=int, default=1, help="extra rounds (floor, library) with BLAS limited to 1 thread; 0: none")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each in-memory method (median)")
+    parser.add_argument("--peer-reps-1t", type=int, default=1,
+                        help="repetitions of each in-memory peer with BLAS limited to 1 thread (analyze: --reps); 0: skip that setting")
     parser.add_argument("--naive-rows", type=int, default=2000, help="rows the naive loop really runs (then extrapolated)")
+    parser.add_argument("--wait-quiet", type=float, default=120.0,
+                        help="before each timed round, wait until other processes use < 0.1 core (total budget in seconds, default 120; 0: never wait)")
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
     parser.add_argument("--clean", action="store_true", help="delete the data files at the end")
     args = parser.parse_args(argv)
@@ -389,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"args": vars(args), "n_big": n_big, "n_small": n_small, "d": d}
     run_start = time.perf_counter()
 
-    from sklearn.decomposition import PCA  # imported before threadpool_info so its OpenMP shows
+    import sklearn.decomposition  # noqa: F401  (loaded before threadpool_info so its OpenMP pool shows)
 
     env = environment()
     results["environment"] = env
@@ -398,8 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"Python {env['python']}, numpy {env['numpy']}, scipy {env['scipy']}, h5py {env['h5py']} (HDF5 {env['hdf5']}), "
         f"scikit-learn {env['sklearn']}, sdetool {env['sdetool']}; {env['platform']}")
     for info in env["blas"]:
-        log(f"threadpool: {info['user_api']}/{info['internal_api']} {info['prefix']} {info['version'] or ''} "
-            f"arch={info['architecture'] or '-'} threads={info['num_threads']}")
+        log(f"threadpool ({info['loaded_by']}): {info['user_api']}/{info['internal_api']} {info['prefix']} "
+            f"{info['version'] or ''} kernel={info['architecture'] or '-'} threads={info['num_threads']}")
     if env["env"]:
         log("BLAS/thread environment variables set: " + ", ".join(f"{k}={v}" for k, v in env["env"].items()))
     else:
@@ -421,142 +696,24 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{os.path.basename(npy_path)}: {'written' if npy_written else 'reused'}")
 
     summary: list[tuple] = []
+    wait_quiet = QuietWaiter(args.wait_quiet)
+    other = foreign_load(2.0)
+    results["other_cores_before"] = other
+    log(f"\nother processes used {fmt_load(other)} cores in a 2 s window before timing "
+        f"(load average {open('/proc/loadavg').read().split()[0] if os.path.exists('/proc/loadavg') else 'n/a'})")
+    if other is not None and other >= 0.1:
+        log("WARNING: the machine is not idle: timings below are contended (BLAS threads oversubscribed). "
+            "Each timed section reports the other processes' CPU use; --wait-quiet waits for idle.")
 
     # 2. streaming on the big file
     if not args.skip_big:
-        log("\n--- streaming: big file ---")
-        block_rows = engine_block_rows(big_path)
-        size_gb = os.path.getsize(big_path) / 1e9
-        try:
-            import psutil
-
-            available = psutil.virtual_memory().available / 1e9
-            if available < 1.5 * size_gb:
-                log(f"WARNING: {available:.1f} GB available for a {size_gb:.1f} GB file: the page cache may not hold it")
-        except ImportError:
-            pass
-        cold_s, cold_rate = read_pass(big_path, evict=True)
-        warm_s, warm_rate = read_pass(big_path, evict=False)
-        log(f"block = {block_rows} rows (the engine's default: ~32 MiB float64, HDF5-chunk aligned)")
-        log(f"first read pass after posix_fadvise(DONTNEED) (cold-ish, best effort): {cold_s:.2f} s = {cold_rate:.2f} GB/s")
-        log(f"warm-up read pass (untimed for the variants; page cache now warm): {warm_s:.2f} s = {warm_rate:.2f} GB/s")
-        log("all timed variants below run on this warm page cache")
-        rounds = []
-        for index in range(args.rounds):
-            rate = syrk_rate(block_rows, d)
-            floor = floor_pass(big_path, block_rows)
-            lib_s, lib_values = library_pass(big_path)
-            cli_s, cli_values = cli_pass(big_path, os.path.join(scratch, "big.json"))
-            rounds.append({"syrk_gflops": rate, "floor": floor, "library": lib_s, "cli": cli_s})
-            log(f"round {index + 1}: BLAS syrk now {rate:5.1f} GFLOP/s | floor {floor['total']:.2f} s "
-                f"(read {floor['read']:.2f}, widen {floor['widen']:.2f}, syrk {floor['syrk']:.2f}, eigvalsh {floor['eigvalsh']:.2f}) "
-                f"| library {lib_s:.2f} s ({lib_s / floor['total']:.2f}x) | CLI {cli_s:.2f} s ({cli_s / floor['total']:.2f}x)")
-        floor_med = statistics.median(r["floor"]["total"] for r in rounds)
-        lib_med = statistics.median(r["library"] for r in rounds)
-        cli_med = statistics.median(r["cli"] for r in rounds)
-        paired = statistics.median(r["library"] / r["floor"]["total"] for r in rounds)
-        paired_cli = statistics.median(r["cli"] / r["floor"]["total"] for r in rounds)
-        parts = {k: statistics.median(r["floor"][k] for r in rounds) for k in ("read", "widen", "syrk", "eigvalsh")}
-        agree = rel_diff(cli_values, lib_values)
-        results["big"] = {"block_rows": block_rows, "cold_read_s": cold_s, "cold_gbps": cold_rate,
-                          "warm_read_s": warm_s, "warm_gbps": warm_rate, "rounds": rounds,
-                          "floor_median": floor_med, "library_median": lib_med, "cli_median": cli_med,
-                          "ratio_library_floor": lib_med / floor_med, "ratio_cli_floor": cli_med / floor_med,
-                          "ratio_library_floor_paired_median": paired, "ratio_cli_floor_paired_median": paired_cli,
-                          "floor_parts_median": parts, "cli_vs_library_top50_rel_diff": agree}
-        log("")
-        log(table([
-            ("floor: h5py read + np.copyto + b.T@b + eigvalsh", f"{floor_med:.2f}", "1.00", "1.00"),
-            ("  of which read", f"{parts['read']:.2f}", f"{parts['read'] / floor_med:.2f}", ""),
-            ("  of which widen (np.copyto)", f"{parts['widen']:.2f}", f"{parts['widen'] / floor_med:.2f}", ""),
-            ("  of which syrk (b.T @ b)", f"{parts['syrk']:.2f}", f"{parts['syrk'] / floor_med:.2f}", ""),
-            ("  of which eigvalsh", f"{parts['eigvalsh']:.3f}", f"{parts['eigvalsh'] / floor_med:.3f}", ""),
-            ("sdetool.analysis.analyze (library)", f"{lib_med:.2f}", f"{lib_med / floor_med:.2f}", f"{paired:.2f}"),
-            ("sdetool analyze --json -q (CLI subprocess)", f"{cli_med:.2f}", f"{cli_med / floor_med:.2f}", f"{paired_cli:.2f}"),
-        ], ("n=%s, d=%d, warm cache" % (f"{n_big:,}", d), "median s", "/ floor", "paired median")))
-        log(f"CLI vs library singular values (top {TOP}): max relative difference {agree:.1e}")
-        verdict = "MET" if lib_med / floor_med <= 1.25 else "NOT MET"
-        log(f"target analyze within 1.25x of the floor: {verdict} ({lib_med / floor_med:.2f}x, paired {paired:.2f}x)")
-        summary.append(("analyze <= 1.25x floor (big file)", f"{lib_med / floor_med:.2f}x", verdict))
+        results["big"] = streaming_section(args, big_path, n_big, d, scratch, summary, wait_quiet)
 
     # 3. in memory
-    log(f"\n--- in memory: n={n_small:,}, d={d} ---")
-    read_pass(npy_path, evict=False)
-    read_pass(small_path, evict=False)
-    start = time.perf_counter()
-    x64 = matrix.astype(np.float64)
-    widen_s = time.perf_counter() - start
-    log(f"peers get the float64 matrix already in memory (float32 -> float64 took {widen_s:.2f} s, not counted); "
-        f"analyze reads the files (warm page cache)")
-    reps = args.reps
-    methods: list[tuple[str, float, list, np.ndarray | None, str]] = []
-
-    med, times, values = repeat(lambda: library_pass(npy_path), reps)
-    reference = values
-    methods.append((f"analyze (.npy, memory-mapped)", med, times, values, ""))
-    log(f"analyze .npy: {times}")
-    med, times, values = repeat(lambda: library_pass(small_path), reps)
-    methods.append((f"analyze (.h5)", med, times, values, ""))
-    log(f"analyze .h5: {times}")
-
-    def np_svd():
-        return np.linalg.svd(x64 - x64.mean(axis=0), compute_uv=False)
-
-    def sp_svdvals():
-        return scipy.linalg.svdvals(x64 - x64.mean(axis=0))
-
-    def pca():
-        return PCA(svd_solver="full").fit(x64).singular_values_
-
-    for name, function in (("numpy.linalg.svd(Xc64, compute_uv=False)", np_svd),
-                           ("scipy.linalg.svdvals(Xc64)", sp_svdvals),
-                           ('sklearn PCA(svd_solver="full").fit(X64)', pca)):
-        med, times, values = repeat(timed(function), reps)
-        methods.append((name, med, times, np.asarray(values), ""))
-        log(f"{name}: {[round(t, 2) for t in times]}")
-
-    m = min(args.naive_rows, n_small)
-    subset = x64[:m]
-
-    def naive():
-        gram = np.zeros((d, d))
-        total = np.zeros(d)
-        for row in subset:
-            gram += np.outer(row, row)
-            total += row
-        return gram, total
-
-    start = time.perf_counter()
-    gram, total = naive()
-    loop_s = time.perf_counter() - start
-    start = time.perf_counter()
-    naive_values = np.sqrt(np.clip(scipy.linalg.eigvalsh(gram - np.outer(total, total) / m)[::-1], 0, None))
-    eig_s = time.perf_counter() - start
-    naive_est = loop_s * n_small / m + eig_s
-    naive_check = rel_diff(naive_values[: min(m - 1, d)], scipy.linalg.svdvals(subset - subset.mean(axis=0)))
-    methods.append((f"naive np.outer row loop (EXTRAPOLATED from {m:,} rows)", naive_est, [naive_est], None,
-                    f"vs svdvals on the same {m:,} rows: {naive_check:.1e}"))
-    log(f"naive loop: {m:,} rows in {loop_s:.2f} s + eigvalsh {eig_s:.2f} s -> extrapolated {naive_est:.1f} s for {n_small:,} rows")
-
-    analyze_med = methods[0][1]
-    rows = []
-    for name, med, times, values, note in methods:
-        agreement = note or ("(reference)" if values is reference else f"{rel_diff(values, reference):.1e}")
-        rows.append((name, f"{med:.2f}", f"{med / analyze_med:.1f}", agreement))
-    log("")
-    log(table(rows, ("method (n=%s, d=%d)" % (f"{n_small:,}", d), f"median s (of {reps})", "/ analyze .npy", f"top-{TOP} max rel diff vs analyze")))
-    peers = [med for name, med, *_ in methods[2:]]
-    best_analyze = min(methods[0][1], methods[1][1])
-    worst_analyze = max(methods[0][1], methods[1][1])
-    verdict = "MET" if worst_analyze < min(peers) else ("MET for one input" if best_analyze < min(peers) else "NOT MET")
-    log(f"target analyze faster than every in-memory peer: {verdict} (fastest peer {min(peers):.2f} s, "
-        f"{min(peers) / worst_analyze:.1f}x the slower analyze input)")
-    summary.append(("analyze faster than every in-memory peer", f"{min(peers) / worst_analyze:.1f}x margin", verdict))
-    results["in_memory"] = {"widen_s": widen_s, "methods": [
-        {"name": name, "median_s": med, "times": times, "agreement": row[3]} for (name, med, times, _, _), row in zip(methods, rows)]}
+    results["in_memory"] = in_memory_section(args, matrix, small_path, npy_path, n_small, d, summary, wait_quiet)
 
     # 4. peak memory
-    log("\n--- peak memory (fresh subprocess per run; ru_maxrss) ---")
+    log("\n--- peak memory (fresh subprocess per run: library child's own VmHWM; CLI via RUSAGE_CHILDREN of a small wrapper) ---")
     memory_rows, peaks = [], {}
     for path, n in [(small_path, n_small)] + ([] if args.skip_big else [(big_path, n_big)]):
         lib = library_peak(path)
@@ -577,7 +734,17 @@ def main(argv: list[str] | None = None) -> int:
 
     log("\n--- summary ---")
     for name, value, verdict in summary:
-        log(f"{name:45s} {value:>32s}  {verdict}")
+        log(f"{name:62s} {value:>36s}  {verdict}")
+    loads = [r.get("other_cores") for r in results.get("big", {}).get("rounds", []) + results.get("big", {}).get("rounds_1_thread", [])]
+    loads += list(results["in_memory"].get("other_cores", {}).values())
+    loads = [x for x in loads if x is not None]
+    if loads:
+        worst = max(loads)
+        log(f"other processes' CPU use during the timed sections: max {worst:.2f} cores"
+            + ("  -> CONTENDED: rerun on an idle machine for clean numbers" if worst >= 0.1 else " (idle)"))
+        results["other_cores_max"] = worst
+    if wait_quiet.waited:
+        log(f"waited {wait_quiet.waited:.0f} s in total for the machine to go idle")
     total_s = time.perf_counter() - run_start
     log(f"total benchmark time {total_s:.0f} s")
     results["summary"] = summary

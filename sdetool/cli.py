@@ -197,7 +197,10 @@ def analyze(
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point: usage errors too become one line on stderr and exit code 2."""
-    from typer.exceptions import TyperException
+    try:
+        from typer.exceptions import TyperException
+    except ImportError:  # typer before it vendored click
+        from click.exceptions import ClickException as TyperException
 
     command = typer.main.get_command(app)
     try:

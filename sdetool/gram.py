@@ -11,7 +11,6 @@ Pure numpy: no files, no printing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,6 +111,9 @@ def _merge_samples(a: GramState, b: GramState) -> tuple[np.ndarray | None, np.nd
     return sample[keep], keys[keep]
 
 
+_SUB_ROWS = 256  # rows per cache-resident slice: 256 x 768 float64 = 1.5 MiB
+
+
 def row_keys(positions: np.ndarray, seed: int) -> np.ndarray:
     """Uniform pseudo-random numbers in [0, 1) that depend only on ``(seed, position)`` (splitmix64)."""
     with np.errstate(over="ignore"):
@@ -168,6 +170,7 @@ class GramAccumulator:
             raise ValueError(f"dim must be >= 1, got {self.dim}")
         d = self.dim
         self._buffer = np.empty((0, d), dtype=np.float64)
+        self._positions = np.empty(0, dtype=np.int64)
         self._gram = np.zeros((d, d), dtype=np.float64)
         self._column_sum = np.zeros(d, dtype=np.float64)
         self._unit_sum = np.zeros(d, dtype=np.float64)
@@ -185,29 +188,21 @@ class GramAccumulator:
         """True once a non-finite row was seen and is not being dropped."""
         return self._nonfinite > 0 and not self.drop_nonfinite
 
-    def _widen(self, chunk: np.ndarray) -> np.ndarray:
-        rows = chunk.shape[0]
+    def _buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         if self._buffer.shape[0] < rows:
             self._buffer = np.empty((rows, self.dim), dtype=np.float64)
-        block = self._buffer[:rows]
-        np.copyto(block, chunk, casting="unsafe")
-        return block
+            self._positions = np.empty(rows, dtype=np.int64)
+        return self._buffer, self._positions
 
-    def _screen_nonfinite(self, block: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Count rows with NaN/Inf; return the rows without them (none once failed)."""
-        # One summing pass detects any non-finite value; the per-row mask is only built when needed.
-        if math.isfinite(float(block.sum())):
-            return block, positions
-        bad = ~np.isfinite(block).all(axis=1)
-        count = int(bad.sum())
-        if count == 0:  # the sum overflowed on finite values (|x| ~ 1e308): nothing to drop
-            return block, positions
-        first = int(positions[np.argmax(bad)])
-        self._first_nonfinite = first if self._first_nonfinite is None else min(first, self._first_nonfinite)
-        self._nonfinite += count
-        if not self.drop_nonfinite:
-            return block[:0], positions[:0]
-        return block[~bad], positions[~bad]
+    def _count_nonfinite(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Record the rows holding NaN or Inf; return the mask of the finite ones."""
+        finite = np.isfinite(rows).all(axis=1)
+        bad = int(finite.size - finite.sum())
+        if bad:
+            first = int(positions[np.argmin(finite)])
+            self._first_nonfinite = first if self._first_nonfinite is None else min(first, self._first_nonfinite)
+            self._nonfinite += bad
+        return finite
 
     def update(self, chunk: np.ndarray, positions: np.ndarray | None = None) -> None:
         """Add a chunk of rows, shape ``(rows, d)``, any real float dtype.
@@ -223,48 +218,75 @@ class GramAccumulator:
             return
         if positions is None:
             positions = np.arange(self._seen, self._seen + rows, dtype=np.int64)
-        block = self._widen(chunk)
-        if self.failed:  # counting only: the result will not be used
-            self._screen_nonfinite(block, positions)
-        else:
-            block, positions = self._screen_nonfinite(block, positions)
-            if block.shape[0]:
-                self._accumulate(block, positions)
         self._seen += rows
-
-    def _accumulate(self, block: np.ndarray, positions: np.ndarray) -> None:
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        nonzero = norms > 0
-        self._zero_rows += int(block.shape[0] - nonzero.sum())
-        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=nonzero)
-        self._unit_sum += inverse @ block
-        if self.l2:
-            block *= inverse[:, None]
+        if self.failed:  # counting only: the result will not be used
+            self._count_nonfinite(chunk, positions)
+            return
+        buffer, kept_positions = self._buffers(rows)
+        filled = 0
+        for start in range(0, rows, _SUB_ROWS):
+            stop = min(start + _SUB_ROWS, rows)
+            filled += self._prepare(chunk[start:stop], positions[start:stop], buffer, kept_positions, filled)
+            if self.failed:
+                self._count_nonfinite(chunk[stop:], positions[stop:])
+                return
+        if filled == 0:
+            return
+        block = buffer[:filled]
         if self.keep_rows:
-            self._kept.append(block.copy())
+            self._kept.append(block + self._shift)
         if self.sample_rows:
-            self._sample_into(block, positions)
-        if self._shift is None:
-            self._shift = block.mean(axis=0)
-        block -= self._shift
-        self._column_sum += block.sum(axis=0)
+            self._sample_into(block, kept_positions[:filled], offset=self._shift)
         self._gram += block.T @ block  # numpy dispatches A.T @ A to BLAS syrk
-        self._n += block.shape[0]
+        self._n += filled
 
-    def _sample_into(self, block: np.ndarray, positions: np.ndarray) -> None:
+    def _prepare(self, part: np.ndarray, positions: np.ndarray, buffer: np.ndarray,
+                 kept_positions: np.ndarray, filled: int) -> int:
+        """Widen, screen, normalise and shift a cache-sized slice of rows into ``buffer[filled:]``.
+
+        Every per-row pass happens here while the slice is in cache; only the syrk reads the whole
+        block from memory again. Returns the number of rows written.
+        """
+        count = part.shape[0]
+        rows = buffer[filled : filled + count]
+        np.copyto(rows, part, casting="unsafe")
+        squares = np.einsum("ij,ij->i", rows, rows)
+        if not np.isfinite(squares).all():  # NaN/Inf somewhere (or |x| > 1e154 overflowing the square)
+            finite = self._count_nonfinite(rows, positions)
+            if self.failed:
+                return 0
+            count = int(finite.sum())
+            rows[:count] = rows[finite]
+            rows, squares, positions = rows[:count], squares[finite], positions[finite]
+        kept_positions[filled : filled + count] = positions
+        norms = np.sqrt(squares)
+        nonzero = norms > 0
+        self._zero_rows += int(count - nonzero.sum())
+        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=nonzero)
+        self._unit_sum += inverse @ rows
+        if self.l2:
+            rows *= inverse[:, None]
+        if self._shift is None:
+            self._shift = rows.mean(axis=0) if count else None
+        if count:
+            rows -= self._shift
+            self._column_sum += rows.sum(axis=0)
+        return count
+
+    def _sample_into(self, block: np.ndarray, positions: np.ndarray, offset: np.ndarray) -> None:
         # Bottom-k sampling: every row gets a pseudo-random key hashed from (seed, position); the
         # rows with the smallest keys are a uniform sample without replacement, whatever the
-        # chunking, sharding or rank, and samples merge by key.
+        # chunking, sharding or rank, and samples merge by key. ``block + offset`` are the rows.
         keys = row_keys(positions, self.seed)
         all_keys = np.concatenate([self._sample_keys, keys])
         if all_keys.size <= self.sample_rows:
-            self._sample = np.concatenate([self._sample, block])
+            self._sample = np.concatenate([self._sample, block + offset])
             self._sample_keys = all_keys
             return
         keep = np.argpartition(all_keys, self.sample_rows - 1)[: self.sample_rows]
         old = self._sample_keys.size
         from_old, from_new = keep[keep < old], keep[keep >= old]
-        self._sample = np.concatenate([self._sample[from_old], block[from_new - old]])
+        self._sample = np.concatenate([self._sample[from_old], block[from_new - old] + offset])
         self._sample_keys = np.concatenate([all_keys[from_old], all_keys[from_new]])
 
     def finalize(self) -> GramState:
