@@ -60,24 +60,46 @@ def ensure_shards(folder: Path, shards: int, rows: int, dim: int, workers: int) 
     return paths
 
 
-def warm(paths: list[str]) -> None:
+def read_all(paths: list[str]) -> float:
+    """Read every byte of the files once (plain reads); returns seconds."""
+    started = time.perf_counter()
     for path in paths:
         with open(path, "rb") as handle:
             while handle.read(1 << 24):
                 pass
+    return time.perf_counter() - started
 
 
-def run(paths: list[str], ranks: int, out: Path, cores: int) -> tuple[float, dict]:
+def h5_read_all(paths: list[str], block_rows: int) -> float:
+    """Read every row block of every shard with h5py in one thread (what one rank does); seconds."""
+    import h5py
+
+    started = time.perf_counter()
+    for path in paths:
+        with h5py.File(path, "r") as handle:
+            data = handle["image/embeddings"]
+            for start in range(0, data.shape[0], block_rows):
+                data[start : start + block_rows]
+    return time.perf_counter() - started
+
+
+def import_seconds(module: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+    return time.perf_counter() - started
+
+
+def run(paths: list[str], ranks: int, out: Path, cores: int, device: str = "cpu") -> tuple[float, dict]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     threads = str(max(1, cores // ranks))
     env.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    target = out / f"report-{ranks}.json"
+    target = out / f"report-{ranks}-{device.replace(':', '')}.json"
+    tail = [*paths, "--json", str(target), "-q", "--device", device]
     if ranks == 1:
-        command = [sys.executable, "-m", "sdetool", "analyze", *paths, "--json", str(target), "-q"]
+        command = [sys.executable, "-m", "sdetool", "analyze", *tail]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                   "--master_port", str(29600 + ranks), "-m", "sdetool", "analyze", *paths,
-                   "--json", str(target), "-q"]
+                   "--master_port", str(29600 + ranks), "-m", "sdetool", "analyze", *tail]
     started = time.perf_counter()
     completed = subprocess.run(command, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
@@ -93,6 +115,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--ranks", default="1,2,4,8")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--devices", default="", help="also time one process with --device X for each X (e.g. cuda)")
     parser.add_argument("--data-dir", default=str(ROOT / "bench-data" / "distributed"))
     parser.add_argument("--out", default=None, help="folder for the JSON reports (default: the data folder)")
     args = parser.parse_args()
@@ -108,7 +131,12 @@ def main() -> None:
     paths = ensure_shards(Path(args.data_dir), args.shards, args.rows, args.dim, workers=min(cores, args.shards))
     gigabytes = sum(os.path.getsize(p) for p in paths) / 1e9
     print(f"{args.shards} shards x {args.rows:,} rows x {args.dim} float32 = {gigabytes:.2f} GB", flush=True)
-    warm(paths)
+    first, second = read_all(paths), read_all(paths)
+    h5 = h5_read_all(paths, block_rows=(32 << 20) // (8 * args.dim))
+    print(f"plain read of all shards: {gigabytes / first:.2f} GB/s first, {gigabytes / second:.2f} GB/s again; "
+          f"h5py block reads, one thread: {gigabytes / h5:.2f} GB/s", flush=True)
+    print(f"interpreter start + import: numpy {import_seconds('numpy'):.2f} s, torch {import_seconds('torch'):.2f} s, "
+          f"sdetool.analysis {import_seconds('sdetool.analysis'):.2f} s", flush=True)
     out = Path(args.out or args.data_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -117,7 +145,7 @@ def main() -> None:
     for ranks in [int(r) for r in args.ranks.split(",")]:
         times = []
         for _ in range(args.repeats):
-            elapsed, document = run(paths, ranks, out, cores)
+            elapsed, document = run(paths, ranks, out, cores, "cpu")
             times.append(elapsed)
         values = np.array(document["singular_values"])
         if reference is None:
@@ -129,11 +157,24 @@ def main() -> None:
         print(f"ranks={ranks}: {', '.join(f'{t:.2f}' for t in times)} s; top-50 max rel diff {difference:.1e}; "
               f"bands equal: {same_bands}", flush=True)
 
-    base = results[min(results)][0]
+    for device in [d for d in args.devices.split(",") if d]:
+        times = []
+        for _ in range(args.repeats):
+            elapsed, document = run(paths, 1, out, cores, device)
+            times.append(elapsed)
+        values, ref_values = np.array(document["singular_values"]), np.array(reference["singular_values"])
+        difference = float(np.max(np.abs(values[:50] - ref_values[:50]) / ref_values[:50]))
+        same_bands = all(document["bands"][b]["count"] == reference["bands"][b]["count"] for b in document["bands"])
+        results[f"1 ({document['device']})"] = (statistics.median(times), times, difference, same_bands)
+        print(f"device={document['device']}: {', '.join(f'{t:.2f}' for t in times)} s; top-50 max rel diff "
+              f"{difference:.1e}; bands equal: {same_bands}", flush=True)
+
+    base = next(iter(results.values()))[0]
     print()
     print(f"{'ranks':>5}  {'BLAS threads/rank':>17}  {'median s':>9}  {'speed-up':>8}  {'GB/s':>6}  {'max rel diff':>12}  bands")
     for ranks, (median, _, difference, same) in results.items():
-        print(f"{ranks:>5}  {max(1, cores // ranks):>17}  {median:>9.2f}  {base / median:>8.2f}  "
+        threads = max(1, cores // ranks) if isinstance(ranks, int) else "-"
+        print(f"{ranks!s:>5}  {threads!s:>17}  {median:>9.2f}  {base / median:>8.2f}  "
               f"{gigabytes / median:>6.2f}  {difference:>12.1e}  {'equal' if same else 'DIFFER'}")
     n = reference["n_samples"]
     print(f"\nn = {n:,}, d = {reference['dim']}; bands: "

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sdetool import __version__, metrics, spectrum
+from sdetool import metrics, spectrum
+from sdetool.devices import check_device, describe, resolve_device
 from sdetool.distributed import World, all_reduce_state, current_world
 from sdetool.errors import BadInputError
 from sdetool.gram import GramAccumulator, GramState
+from sdetool.results import SCHEMA, AnalysisReport, CrossAnalysis, SetAnalysis
 from sdetool.sources import dtype_name, iter_blocks, open_inputs, prefetch
 
-SCHEMA = "sdetool.analysis/1"
+__all__ = ["SCHEMA", "AnalysisOptions", "AnalysisReport", "CrossAnalysis", "Progress", "SetAnalysis", "analyze"]
+
 _BLOCK_BYTES = 32 << 20  # float64 bytes per streamed block
 
 
@@ -54,6 +57,9 @@ class AnalysisOptions:
         Rows per streamed block (default: about 32 MiB of float64).
     iqr_entries : int
         Entries sampled for the ``iqr`` noise estimator.
+    device : str
+        Where the Gram is accumulated: ``auto`` (CUDA for large inputs when a GPU is present),
+        ``cpu`` (numpy/BLAS), ``cuda`` or ``cuda:N`` (float64 on the GPU through torch).
     """
 
     center: bool = True
@@ -70,12 +76,14 @@ class AnalysisOptions:
     alpha_window: tuple[int, int] = (10, 100)
     block_rows: int | None = None
     iqr_entries: int = 1 << 20
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         try:
             self.partition_options()
         except ValueError as error:
             raise BadInputError(str(error)) from None
+        check_device(self.device)
         checks = [
             (self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
             (self.sample is None or self.sample >= 2, f"sample must be >= 2 rows, got {self.sample}"),
@@ -116,184 +124,6 @@ class Progress:
         """The set is done."""
 
 
-def _clean(value):
-    """JSON-safe: NaN/Inf -> None, numpy scalars -> Python."""
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _clean_list(values) -> list:
-    return [_clean(v) for v in np.asarray(values).tolist()]
-
-
-@dataclass(frozen=True)
-class SetAnalysis:
-    """The analysis of one embedding set (all its shards as one matrix)."""
-
-    key: str
-    sources: tuple[str, ...]
-    n_rows: int
-    n_samples: int
-    dim: int
-    dtype: str
-    centered: bool
-    normalized: bool
-    partition: spectrum.SpectralPartition
-    metrics: dict
-    unit_mean: np.ndarray
-    options: AnalysisOptions
-    input_attrs: dict = field(default_factory=dict)
-    dropped_nonfinite: int = 0
-    zero_rows: int = 0
-    top_vectors: np.ndarray | None = None
-
-    @property
-    def singular_values(self) -> np.ndarray:
-        return self.partition.singular_values
-
-    def to_dict(self) -> dict:
-        """The ``sdetool.analysis/1`` object of this set (see ``docs/json-schema.md``)."""
-        part = self.partition
-        options = part.options
-        weights = spectrum.component_weights(part.singular_values, options.energy)
-        bands = {}
-        for index, name in enumerate(spectrum.BANDS):
-            members = part.labels == index
-            bands[name] = {
-                "count": int(members.sum()),
-                "energy_share": _clean(part.shares[index]),
-                "first_index": int(np.argmax(members)) + 1 if members.any() else None,
-            }
-        return {
-            "schema": SCHEMA,
-            "source": self.sources[0] if len(self.sources) == 1 else list(self.sources),
-            "shards": list(self.sources),
-            "key": self.key,
-            "n_samples": self.n_samples,
-            "n_rows": self.n_rows,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "centered": self.centered,
-            "normalized": self.normalized,
-            "input_normalized": _clean(self.input_attrs.get("normalized")),
-            "modality": self.input_attrs.get("modality"),
-            "model": self.input_attrs.get("model"),
-            "sample": self.options.sample,
-            "dropped_nonfinite": self.dropped_nonfinite,
-            "zero_rows": self.zero_rows,
-            "n_effective": part.n,
-            "beta": _clean(min(part.n, part.d) / max(part.n, part.d)),
-            "singular_values": _clean_list(part.singular_values),
-            "noise": {
-                "estimator": options.noise_estimator,
-                "sigma": _clean(part.sigma),
-                "edge": _clean(part.edge),
-                "edge_level": options.edge_level,
-                "mp_edge": _clean(part.mp_edge),
-                "signal_rank": part.signal_rank,
-            },
-            "strong_rule": {
-                "name": options.strong_rule,
-                "threshold": _clean(part.threshold),
-                "iqr_k": options.iqr_k if options.strong_rule == "iqr" else None,
-            },
-            "energy": options.energy,
-            "bands": bands,
-            "components": {
-                "band": part.band_names(),
-                "energy_share": _clean_list(weights / weights.sum() if weights.sum() > 0 else weights),
-                "snr": _clean_list(part.snr),
-            },
-            "metrics": {name: _clean(value) for name, value in self.metrics.items()},
-            "options": self.options.to_dict(),
-            "sdetool_version": __version__,
-        }
-
-    def to_frame(self):
-        """Per-component table: index (1-based), singular_value, band, energy_share, snr."""
-        import pandas as pd
-
-        part = self.partition
-        weights = spectrum.component_weights(part.singular_values, part.options.energy)
-        total = weights.sum()
-        return pd.DataFrame(
-            {
-                "key": self.key,
-                "index": np.arange(1, part.singular_values.size + 1),
-                "singular_value": part.singular_values,
-                "band": part.band_names(),
-                "energy_share": weights / total if total > 0 else weights,
-                "snr": part.snr,
-            }
-        )
-
-
-@dataclass(frozen=True)
-class CrossAnalysis:
-    """Cross-modal comparison of two sets (rows paired when ``paired``)."""
-
-    a: str
-    b: str
-    paired: bool
-    hellinger: float
-    top_k: int | None = None
-    subspace_overlap: float | None = None
-    principal_angles: np.ndarray | None = None
-    modality_gap: float | None = None
-    note: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.a}~{self.b}"
-
-    def to_dict(self) -> dict:
-        angles = None if self.principal_angles is None else _clean_list(np.degrees(self.principal_angles))
-        return {
-            "a": self.a,
-            "b": self.b,
-            "paired": self.paired,
-            "hellinger": _clean(self.hellinger),
-            "top_k": self.top_k,
-            "subspace_overlap": _clean(self.subspace_overlap),
-            "subspace_distance": None if self.subspace_overlap is None else _clean(1.0 - self.subspace_overlap),
-            "principal_angles_deg": angles,
-            "modality_gap": _clean(self.modality_gap),
-            "note": self.note,
-        }
-
-
-@dataclass(frozen=True)
-class AnalysisReport:
-    """All analysed sets, in the order asked for, and every pairwise cross-modal comparison."""
-
-    sets: dict
-    cross: tuple = ()
-
-    def __getitem__(self, key: str) -> SetAnalysis:
-        return self.sets[key]
-
-    def to_dict(self) -> dict:
-        """One set: the set object itself. Several: ``{"schema", "sets": {key: ...}, "cross": {...}}``."""
-        if len(self.sets) == 1 and not self.cross:
-            return next(iter(self.sets.values())).to_dict()
-        return {
-            "schema": SCHEMA,
-            "sets": {key: result.to_dict() for key, result in self.sets.items()},
-            "cross": {pair.name: pair.to_dict() for pair in self.cross},
-            "sdetool_version": __version__,
-        }
-
-    def to_frame(self):
-        """The per-component tables of every set, stacked."""
-        import pandas as pd
-
-        return pd.concat([result.to_frame() for result in self.sets.values()], ignore_index=True)
-
-
 # --- the pass ------------------------------------------------------------------------------------
 
 
@@ -308,6 +138,18 @@ def _selection(n_rows: int, options: AnalysisOptions) -> np.ndarray | None:
     return np.sort(rng.choice(n_rows, size=options.sample, replace=False)).astype(np.int64)
 
 
+def make_accumulator(dim: int, options: AnalysisOptions, device: str, keep_rows: bool):
+    """The accumulator for ``device``: numpy on ``cpu``, torch elsewhere (kept rows stay on the host)."""
+    sample_rows = math.ceil(options.iqr_entries / dim) if options.noise_estimator == "iqr" else 0
+    common = {"l2": options.l2, "drop_nonfinite": options.drop_nonfinite, "sample_rows": sample_rows,
+              "seed": options.seed}
+    if device == "cpu" or keep_rows:
+        return GramAccumulator(dim=dim, keep_rows=keep_rows, **common)
+    from sdetool.gram_torch import TorchGramAccumulator
+
+    return TorchGramAccumulator(dim, device.removeprefix("torch:"), **common)
+
+
 def stream_state(
     shards: Sequence,
     options: AnalysisOptions,
@@ -316,6 +158,7 @@ def stream_state(
     progress: Progress | None = None,
     label: str = "",
     keep_rows: bool = False,
+    device: str = "cpu",
 ) -> GramState:
     """One pass over a set's shards (this rank's share of them) into a global :class:`GramState`."""
     progress = progress or Progress()
@@ -323,14 +166,7 @@ def stream_state(
     offsets = np.concatenate([[0], np.cumsum([s.shape[0] for s in shards])]).astype(np.int64)
     selection = _selection(int(offsets[-1]), options)
     mine = world.my_share(len(shards))
-    accumulator = GramAccumulator(
-        dim=dim,
-        l2=options.l2,
-        drop_nonfinite=options.drop_nonfinite,
-        keep_rows=keep_rows and not world.distributed,
-        sample_rows=math.ceil(options.iqr_entries / dim) if options.noise_estimator == "iqr" else 0,
-        seed=options.seed,
-    )
+    accumulator = make_accumulator(dim, options, device, keep_rows and not world.distributed)
     progress.start(label, int(sum(shards[i].shape[0] for i in mine)))
     try:
         blocks = iter_blocks([(shards[i], int(offsets[i])) for i in mine], _block_rows(options, dim), selection)
@@ -455,8 +291,9 @@ def analyze(
         if n_rows < 2:
             raise BadInputError(f"{label}: has n = {n_rows} rows; at least 2 are needed")
         n_selected = min(n_rows, options.sample or n_rows)
+        device = resolve_device(options.device, n_selected, dim)
         state = stream_state(shards, options, world=world, progress=progress, label=label,
-                             keep_rows=n_selected <= dim)
+                             keep_rows=n_selected <= dim, device=device)
         part, scores, vectors = summarize(state, options, label=label, need_vectors=need_vectors)
         unit_count = max(state.n - state.zero_rows, 1)
         results[key] = SetAnalysis(
@@ -476,6 +313,7 @@ def analyze(
             dropped_nonfinite=state.nonfinite_rows,
             zero_rows=state.zero_rows,
             top_vectors=vectors,
+            device=describe(device),
         )
     ordered = list(results.values())
     cross = tuple(

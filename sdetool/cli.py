@@ -157,6 +157,9 @@ def analyze(
     drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out rows holding NaN or Inf instead of refusing the input."),
     alpha_window: Tuple[int, int] = typer.Option((10, 100), "--alpha-window", help="1-based index window FIRST LAST of the power-law fit."),
     block_rows: Optional[int] = typer.Option(None, "--block-rows", help="Rows per streamed block (default: about 32 MiB of float64).", min=1),
+    device: str = typer.Option(
+        "auto", "--device", help="Where the float64 Gram is accumulated: auto (a GPU for large inputs when present), cpu, cuda or cuda:N."
+    ),
     fail_if: Optional[List[str]] = typer.Option(
         None, "--fail-if", help="Exit 1 when this holds, e.g. 'bands.noise.energy_share > 0.85' (repeatable).", metavar="EXPR"
     ),
@@ -174,6 +177,7 @@ def analyze(
         center=center, l2=l2, noise_estimator=noise_estimator.value, edge_level=edge_level,
         strong_rule=strong_rule.value, iqr_k=iqr_k, energy=energy.value, top_k=top_k, sample=sample,
         seed=seed, drop_nonfinite=drop_nonfinite, alpha_window=tuple(alpha_window), block_rows=block_rows,
+        device=device,
     )
     world = current_world()
     console_err = _stderr()

@@ -125,6 +125,38 @@ def row_keys(positions: np.ndarray, seed: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+class RowSample:
+    """A uniform sample of at most ``capacity`` rows by bottom-k keys (see :func:`row_keys`).
+
+    Every row gets a pseudo-random key hashed from ``(seed, position)``; the rows with the smallest
+    keys are a uniform sample without replacement, whatever the chunking, sharding or rank, and
+    samples of disjoint row sets merge by key.
+    """
+
+    def __init__(self, capacity: int, dim: int, seed: int) -> None:
+        self.capacity = capacity
+        self.seed = seed
+        self.rows = np.empty((0, dim), dtype=np.float64)
+        self.keys = np.empty(0, dtype=np.float64)
+
+    def candidates(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (into ``positions``) of the rows that could enter the sample, and their keys."""
+        keys = row_keys(positions, self.seed)
+        if self.keys.size >= self.capacity:
+            chosen = np.flatnonzero(keys < self.keys.max())
+            return chosen, keys[chosen]
+        return np.arange(keys.size), keys
+
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Offer rows (float64, shape (k, d)) with their keys; keep the ``capacity`` smallest keys."""
+        all_keys = np.concatenate([self.keys, keys])
+        all_rows = np.concatenate([self.rows, rows])
+        if all_keys.size > self.capacity:
+            keep = np.argpartition(all_keys, self.capacity - 1)[: self.capacity]
+            all_keys, all_rows = all_keys[keep], all_rows[keep]
+        self.keys, self.rows = all_keys, all_rows
+
+
 @dataclass
 class GramAccumulator:
     """Accumulates a :class:`GramState` from row chunks.
@@ -180,8 +212,7 @@ class GramAccumulator:
         self._nonfinite = 0
         self._first_nonfinite: int | None = None
         self._kept: list[np.ndarray] = []
-        self._sample = np.empty((0, d), dtype=np.float64)
-        self._sample_keys = np.empty(0, dtype=np.float64)
+        self._sample = RowSample(self.sample_rows, d, self.seed)
 
     @property
     def failed(self) -> bool:
@@ -236,7 +267,8 @@ class GramAccumulator:
         if self.keep_rows:
             self._kept.append(block + self._shift)
         if self.sample_rows:
-            self._sample_into(block, kept_positions[:filled], offset=self._shift)
+            chosen, keys = self._sample.candidates(kept_positions[:filled])
+            self._sample.add(keys, block[chosen] + self._shift)
         self._gram += block.T @ block  # numpy dispatches A.T @ A to BLAS syrk
         self._n += filled
 
@@ -273,45 +305,54 @@ class GramAccumulator:
             self._column_sum += rows.sum(axis=0)
         return count
 
-    def _sample_into(self, block: np.ndarray, positions: np.ndarray, offset: np.ndarray) -> None:
-        # Bottom-k sampling: every row gets a pseudo-random key hashed from (seed, position); the
-        # rows with the smallest keys are a uniform sample without replacement, whatever the
-        # chunking, sharding or rank, and samples merge by key. ``block + offset`` are the rows.
-        keys = row_keys(positions, self.seed)
-        all_keys = np.concatenate([self._sample_keys, keys])
-        if all_keys.size <= self.sample_rows:
-            self._sample = np.concatenate([self._sample, block + offset])
-            self._sample_keys = all_keys
-            return
-        keep = np.argpartition(all_keys, self.sample_rows - 1)[: self.sample_rows]
-        old = self._sample_keys.size
-        from_old, from_new = keep[keep < old], keep[keep >= old]
-        self._sample = np.concatenate([self._sample[from_old], block[from_new - old] + offset])
-        self._sample_keys = np.concatenate([all_keys[from_old], all_keys[from_new]])
-
     def finalize(self) -> GramState:
         """The statistics of every row accumulated so far."""
-        d = self.dim
-        n = self._n
-        if n == 0:
-            mean = np.zeros(d)
-            scatter = np.zeros((d, d))
-        else:
-            offset = self._column_sum / n
-            mean = self._shift + offset
-            scatter = self._gram - n * np.outer(offset, offset)
-            scatter = 0.5 * (scatter + scatter.T)
-        return GramState(
-            n=n,
-            mean=mean,
-            scatter=scatter,
-            unit_sum=self._unit_sum.copy(),
-            zero_rows=self._zero_rows,
-            nonfinite_rows=self._nonfinite,
-            first_nonfinite=self._first_nonfinite,
-            rows=np.concatenate(self._kept) if self.keep_rows and self._kept else (
-                np.empty((0, d)) if self.keep_rows else None),
-            entry_sample=self._sample.copy() if self.sample_rows else None,
-            entry_keys=self._sample_keys.copy() if self.sample_rows else None,
-            sample_rows=self.sample_rows,
+        rows = None
+        if self.keep_rows:
+            rows = np.concatenate(self._kept) if self._kept else np.empty((0, self.dim))
+        return state_from_sums(
+            self._n, self._shift, self._column_sum, self._gram, self._unit_sum,
+            counts=(self._zero_rows, self._nonfinite, self._first_nonfinite),
+            sample=self._sample if self.sample_rows else None, rows=rows,
         )
+
+
+def state_from_sums(
+    n: int,
+    shift: np.ndarray | None,
+    column_sum: np.ndarray,
+    gram: np.ndarray,
+    unit_sum: np.ndarray,
+    *,
+    counts: tuple[int, int, int | None],
+    sample: RowSample | None = None,
+    rows: np.ndarray | None = None,
+) -> GramState:
+    """A :class:`GramState` from the sums over shifted rows ``y = x - shift``.
+
+    ``column_sum = sum y`` and ``gram = sum y y^T``; then ``mean = shift + column_sum / n`` and
+    ``scatter = gram - n m m^T`` with the small ``m = column_sum / n``: no cancellation.
+    ``counts`` are (zero rows, non-finite rows, first non-finite position).
+    """
+    d = column_sum.shape[0]
+    if n == 0:
+        mean, scatter = np.zeros(d), np.zeros((d, d))
+    else:
+        offset = column_sum / n
+        mean = shift + offset
+        scatter = gram - n * np.outer(offset, offset)
+        scatter = 0.5 * (scatter + scatter.T)
+    zero_rows, nonfinite, first = counts
+    return GramState(
+        n=n,
+        mean=mean,
+        scatter=scatter,
+        unit_sum=unit_sum.copy(),
+        zero_rows=zero_rows,
+        nonfinite_rows=nonfinite,
+        first_nonfinite=first,
+        rows=rows,
+        entry_sample=sample.rows.copy() if sample is not None else None,
+        entry_keys=sample.keys.copy() if sample is not None else None,
+        sample_rows=sample.capacity if sample is not None else 0,
+    )

@@ -1,0 +1,196 @@
+"""Result objects of an analysis: one set, a cross-modal pair, the whole report.
+
+Frozen dataclasses; ``to_dict()`` gives the ``sdetool.analysis/1`` JSON contract
+(``docs/json-schema.md``) and ``to_frame()`` a pandas table of the components.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sdetool import __version__, spectrum
+
+SCHEMA = "sdetool.analysis/1"
+
+
+def _clean(value):
+    """JSON-safe: NaN/Inf -> None, numpy scalars -> Python."""
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _clean_list(values) -> list:
+    return [_clean(v) for v in np.asarray(values).tolist()]
+
+
+@dataclass(frozen=True)
+class SetAnalysis:
+    """The analysis of one embedding set (all its shards as one matrix)."""
+
+    key: str
+    sources: tuple[str, ...]
+    n_rows: int
+    n_samples: int
+    dim: int
+    dtype: str
+    centered: bool
+    normalized: bool
+    partition: spectrum.SpectralPartition
+    metrics: dict
+    unit_mean: np.ndarray
+    options: object  # AnalysisOptions
+    input_attrs: dict = field(default_factory=dict)
+    dropped_nonfinite: int = 0
+    zero_rows: int = 0
+    top_vectors: np.ndarray | None = None
+    device: str = "cpu"
+
+    @property
+    def singular_values(self) -> np.ndarray:
+        return self.partition.singular_values
+
+    def to_dict(self) -> dict:
+        """The ``sdetool.analysis/1`` object of this set (see ``docs/json-schema.md``)."""
+        part = self.partition
+        options = part.options
+        weights = spectrum.component_weights(part.singular_values, options.energy)
+        bands = {}
+        for index, name in enumerate(spectrum.BANDS):
+            members = part.labels == index
+            bands[name] = {
+                "count": int(members.sum()),
+                "energy_share": _clean(part.shares[index]),
+                "first_index": int(np.argmax(members)) + 1 if members.any() else None,
+            }
+        return {
+            "schema": SCHEMA,
+            "source": self.sources[0] if len(self.sources) == 1 else list(self.sources),
+            "shards": list(self.sources),
+            "key": self.key,
+            "n_samples": self.n_samples,
+            "n_rows": self.n_rows,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "centered": self.centered,
+            "normalized": self.normalized,
+            "input_normalized": _clean(self.input_attrs.get("normalized")),
+            "modality": self.input_attrs.get("modality"),
+            "model": self.input_attrs.get("model"),
+            "sample": self.options.sample,
+            "dropped_nonfinite": self.dropped_nonfinite,
+            "zero_rows": self.zero_rows,
+            "n_effective": part.n,
+            "beta": _clean(min(part.n, part.d) / max(part.n, part.d)),
+            "singular_values": _clean_list(part.singular_values),
+            "noise": {
+                "estimator": options.noise_estimator,
+                "sigma": _clean(part.sigma),
+                "edge": _clean(part.edge),
+                "edge_level": options.edge_level,
+                "mp_edge": _clean(part.mp_edge),
+                "signal_rank": part.signal_rank,
+            },
+            "strong_rule": {
+                "name": options.strong_rule,
+                "threshold": _clean(part.threshold),
+                "iqr_k": options.iqr_k if options.strong_rule == "iqr" else None,
+            },
+            "energy": options.energy,
+            "bands": bands,
+            "components": {
+                "band": part.band_names(),
+                "energy_share": _clean_list(weights / weights.sum() if weights.sum() > 0 else weights),
+                "snr": _clean_list(part.snr),
+            },
+            "metrics": {name: _clean(value) for name, value in self.metrics.items()},
+            "device": self.device,
+            "options": self.options.to_dict(),
+            "sdetool_version": __version__,
+        }
+
+    def to_frame(self):
+        """Per-component table: index (1-based), singular_value, band, energy_share, snr."""
+        import pandas as pd
+
+        part = self.partition
+        weights = spectrum.component_weights(part.singular_values, part.options.energy)
+        total = weights.sum()
+        return pd.DataFrame(
+            {
+                "key": self.key,
+                "index": np.arange(1, part.singular_values.size + 1),
+                "singular_value": part.singular_values,
+                "band": part.band_names(),
+                "energy_share": weights / total if total > 0 else weights,
+                "snr": part.snr,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class CrossAnalysis:
+    """Cross-modal comparison of two sets (rows paired when ``paired``)."""
+
+    a: str
+    b: str
+    paired: bool
+    hellinger: float
+    top_k: int | None = None
+    subspace_overlap: float | None = None
+    principal_angles: np.ndarray | None = None
+    modality_gap: float | None = None
+    note: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.a}~{self.b}"
+
+    def to_dict(self) -> dict:
+        angles = None if self.principal_angles is None else _clean_list(np.degrees(self.principal_angles))
+        return {
+            "a": self.a,
+            "b": self.b,
+            "paired": self.paired,
+            "hellinger": _clean(self.hellinger),
+            "top_k": self.top_k,
+            "subspace_overlap": _clean(self.subspace_overlap),
+            "subspace_distance": None if self.subspace_overlap is None else _clean(1.0 - self.subspace_overlap),
+            "principal_angles_deg": angles,
+            "modality_gap": _clean(self.modality_gap),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class AnalysisReport:
+    """All analysed sets, in the order asked for, and every pairwise cross-modal comparison."""
+
+    sets: dict
+    cross: tuple = ()
+
+    def __getitem__(self, key: str) -> SetAnalysis:
+        return self.sets[key]
+
+    def to_dict(self) -> dict:
+        """One set: the set object itself. Several: ``{"schema", "sets": {key: ...}, "cross": {...}}``."""
+        if len(self.sets) == 1 and not self.cross:
+            return next(iter(self.sets.values())).to_dict()
+        return {
+            "schema": SCHEMA,
+            "sets": {key: result.to_dict() for key, result in self.sets.items()},
+            "cross": {pair.name: pair.to_dict() for pair in self.cross},
+            "sdetool_version": __version__,
+        }
+
+    def to_frame(self):
+        """The per-component tables of every set, stacked."""
+        import pandas as pd
+
+        return pd.concat([result.to_frame() for result in self.sets.values()], ignore_index=True)
