@@ -6,6 +6,7 @@ a GPU is present; torch is never imported for small inputs or when it is not ins
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import re
@@ -21,6 +22,11 @@ def check_device(device: str) -> None:
     """Refuse device names other than ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (and ``torch:cpu``)."""
     if not DEVICE_PATTERN.match(device or ""):
         raise BadInputError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def nvidia_device_files() -> bool:
+    """Whether the NVIDIA driver exposes a device here (checked without importing torch)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.isdir("/proc/driver/nvidia")
 
 
 def _cuda_available() -> bool:
@@ -39,7 +45,8 @@ def resolve_device(device: str, rows: int, dim: int) -> str:
     """
     check_device(device)
     if device == "auto":
-        if rows * dim * dim < AUTO_CUDA_FLOPS or not _cuda_available():
+        # Importing torch costs seconds: only where the work is large and a GPU can be there at all.
+        if rows * dim * dim < AUTO_CUDA_FLOPS or not nvidia_device_files() or not _cuda_available():
             return "cpu"
         device = "cuda"
     if device.startswith("cuda"):

@@ -88,3 +88,17 @@ def test_device_resolution():
         assert resolve_device("auto", 10**7, 4096) == "cuda:0"
     with pytest.raises(BadInputError, match="expected auto, cpu, cuda"):
         AnalysisOptions(device="gpu")
+
+
+def test_auto_device_on_a_machine_without_nvidia_devices_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from sdetool.devices import nvidia_device_files
+
+    if nvidia_device_files():
+        pytest.skip("this machine has NVIDIA devices: auto may rightly import torch")
+    code = ("import sys; from sdetool.devices import resolve_device; "
+            "print(resolve_device('auto', 10**7, 4096), 'torch' in sys.modules)")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.split() == ["cpu", "False"]
