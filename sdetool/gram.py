@@ -157,8 +157,56 @@ class RowSample:
         self.keys, self.rows = all_keys, all_rows
 
 
+class RowBookkeeping:
+    """What every accumulator tracks besides sums: rows seen and rows holding NaN or Inf."""
+
+    dim: int
+    drop_nonfinite: bool
+
+    def _reset_bookkeeping(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        self._seen = 0
+        self._nonfinite = 0
+        self._first_nonfinite: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True once a non-finite row was seen and is not being dropped."""
+        return self._nonfinite > 0 and not self.drop_nonfinite
+
+    def _record_nonfinite(self, bad: np.ndarray, positions: np.ndarray) -> None:
+        """Count the rows flagged in the boolean mask ``bad`` and remember the first position."""
+        count = int(bad.sum())
+        if count:
+            first = int(positions[np.argmax(bad)])
+            self._first_nonfinite = first if self._first_nonfinite is None else min(first, self._first_nonfinite)
+            self._nonfinite += count
+
+    def _count_nonfinite(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Record the rows holding NaN or Inf; return the mask of the finite ones."""
+        finite = np.isfinite(rows).all(axis=1)
+        self._record_nonfinite(~finite, positions)
+        return finite
+
+    def _begin(self, chunk: np.ndarray, positions: np.ndarray | None) -> np.ndarray | None:
+        """Validate a chunk and give its positions; None when there is nothing to accumulate."""
+        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
+            raise ValueError(f"chunk must have shape (rows, {self.dim}), got {chunk.shape}")
+        rows = chunk.shape[0]
+        if rows == 0:
+            return None
+        if positions is None:
+            positions = np.arange(self._seen, self._seen + rows, dtype=np.int64)
+        self._seen += rows
+        if self.failed:  # counting only: the result will not be used
+            self._count_nonfinite(chunk, positions)
+            return None
+        return positions
+
+
 @dataclass
-class GramAccumulator:
+class GramAccumulator(RowBookkeeping):
     """Accumulates a :class:`GramState` from row chunks.
 
     Parameters
@@ -198,8 +246,7 @@ class GramAccumulator:
     _shift: np.ndarray | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.dim < 1:
-            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        self._reset_bookkeeping()
         d = self.dim
         self._buffer = np.empty((0, d), dtype=np.float64)
         self._positions = np.empty(0, dtype=np.int64)
@@ -207,33 +254,15 @@ class GramAccumulator:
         self._column_sum = np.zeros(d, dtype=np.float64)
         self._unit_sum = np.zeros(d, dtype=np.float64)
         self._n = 0
-        self._seen = 0
         self._zero_rows = 0
-        self._nonfinite = 0
-        self._first_nonfinite: int | None = None
         self._kept: list[np.ndarray] = []
         self._sample = RowSample(self.sample_rows, d, self.seed)
-
-    @property
-    def failed(self) -> bool:
-        """True once a non-finite row was seen and is not being dropped."""
-        return self._nonfinite > 0 and not self.drop_nonfinite
 
     def _buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         if self._buffer.shape[0] < rows:
             self._buffer = np.empty((rows, self.dim), dtype=np.float64)
             self._positions = np.empty(rows, dtype=np.int64)
         return self._buffer, self._positions
-
-    def _count_nonfinite(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Record the rows holding NaN or Inf; return the mask of the finite ones."""
-        finite = np.isfinite(rows).all(axis=1)
-        bad = int(finite.size - finite.sum())
-        if bad:
-            first = int(positions[np.argmin(finite)])
-            self._first_nonfinite = first if self._first_nonfinite is None else min(first, self._first_nonfinite)
-            self._nonfinite += bad
-        return finite
 
     def update(self, chunk: np.ndarray, positions: np.ndarray | None = None) -> None:
         """Add a chunk of rows, shape ``(rows, d)``, any real float dtype.
@@ -242,17 +271,10 @@ class GramAccumulator:
         far); they name the first non-finite row and seed the row sample, so results do not depend
         on how the rows were chunked or sharded.
         """
-        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
-            raise ValueError(f"chunk must have shape (rows, {self.dim}), got {chunk.shape}")
-        rows = chunk.shape[0]
-        if rows == 0:
-            return
+        positions = self._begin(chunk, positions)
         if positions is None:
-            positions = np.arange(self._seen, self._seen + rows, dtype=np.int64)
-        self._seen += rows
-        if self.failed:  # counting only: the result will not be used
-            self._count_nonfinite(chunk, positions)
             return
+        rows = chunk.shape[0]
         buffer, kept_positions = self._buffers(rows)
         filled = 0
         for start in range(0, rows, _SUB_ROWS):

@@ -15,10 +15,10 @@ import warnings
 
 import numpy as np
 
-from sdetool.gram import GramState, RowSample, state_from_sums
+from sdetool.gram import GramState, RowBookkeeping, RowSample, state_from_sums
 
 
-class TorchGramAccumulator:
+class TorchGramAccumulator(RowBookkeeping):
     """Accumulates a :class:`~sdetool.gram.GramState` on ``device`` (e.g. ``"cuda:0"``).
 
     Parameters are those of :class:`~sdetool.gram.GramAccumulator` (``keep_rows`` excepted: small
@@ -29,9 +29,8 @@ class TorchGramAccumulator:
                  sample_rows: int = 0, seed: int = 0) -> None:
         import torch
 
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
         self.dim, self.l2, self.drop_nonfinite = dim, l2, drop_nonfinite
+        self._reset_bookkeeping()
         self._torch = torch
         self.device = torch.device(device)
         wide = {"dtype": torch.float64, "device": self.device}
@@ -40,21 +39,8 @@ class TorchGramAccumulator:
         self._unit_sum = torch.zeros(dim, **wide)
         self._zero_rows = torch.zeros((), dtype=torch.int64, device=self.device)
         self._shift = None
-        self._n = self._seen = self._nonfinite = 0
-        self._first_nonfinite: int | None = None
+        self._n = 0
         self._sample = RowSample(sample_rows, dim, seed) if sample_rows else None
-
-    @property
-    def failed(self) -> bool:
-        """True once a non-finite row was seen and is not being dropped."""
-        return self._nonfinite > 0 and not self.drop_nonfinite
-
-    def _record_nonfinite(self, bad: np.ndarray, positions: np.ndarray) -> None:
-        count = int(bad.sum())
-        if count:
-            first = int(positions[np.argmax(bad)])
-            self._first_nonfinite = first if self._first_nonfinite is None else min(first, self._first_nonfinite)
-            self._nonfinite += count
 
     def _to_device(self, chunk: np.ndarray):
         with warnings.catch_warnings():  # read-only memory maps: the host tensor is never written
@@ -65,16 +51,8 @@ class TorchGramAccumulator:
     def update(self, chunk: np.ndarray, positions: np.ndarray | None = None) -> None:
         """Add a chunk of rows, shape ``(rows, d)``; ``positions`` as in ``GramAccumulator.update``."""
         torch = self._torch
-        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
-            raise ValueError(f"chunk must have shape (rows, {self.dim}), got {chunk.shape}")
-        rows = chunk.shape[0]
-        if rows == 0:
-            return
+        positions = self._begin(chunk, positions)
         if positions is None:
-            positions = np.arange(self._seen, self._seen + rows, dtype=np.int64)
-        self._seen += rows
-        if self.failed:  # counting only: the result will not be used
-            self._record_nonfinite(~np.isfinite(chunk).all(axis=1), positions)
             return
         x = self._to_device(chunk)  # (rows, d) float64 on the device
         squares = (x * x).sum(dim=1)

@@ -58,14 +58,6 @@ def _assert_bad_input(result, *fragments: str) -> str:
 
 
 @pytest.fixture
-def umask_022():
-    """Run with a known umask (0o022), restored afterwards."""
-    previous = os.umask(0o022)
-    yield 0o022
-    os.umask(previous)
-
-
-@pytest.fixture
 def two_sets(tmp_path):
     """A store with paired sets ``image`` and ``text`` (200 x 16) and the matrices."""
     path = tmp_path / "emb.h5"

@@ -25,14 +25,6 @@ def _read_all(matrix: store.H5Matrix) -> np.ndarray:
 
 
 @pytest.fixture
-def umask_022():
-    """Run with a known umask (0o022), restored afterwards."""
-    previous = os.umask(0o022)
-    yield 0o022
-    os.umask(previous)
-
-
-@pytest.fixture
 def two_set_store(tmp_path):
     path = str(tmp_path / "emb.h5")
     image, text = _matrix(0), _matrix(1)
