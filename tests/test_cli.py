@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import h5py
 import numpy as np
 import pytest
@@ -73,7 +72,7 @@ def two_sets(tmp_path):
 def test_every_command_and_option_has_help():
     group = typer.main.get_command(app)
     assert group.help and group.help.strip()
-    context = click.Context(group)
+    context = typer.Context(group)
     commands = group.commands
     assert "analyze" in commands
     checked = 0
@@ -82,7 +81,7 @@ def test_every_command_and_option_has_help():
         checked += 1
     for name, command in commands.items():
         assert (command.help or "").strip(), f"command {name} has no help"
-        for param in command.get_params(click.Context(command, parent=context)):
+        for param in command.get_params(typer.Context(command, parent=context)):
             assert (getattr(param, "help", None) or "").strip(), f"{name}: {param.name} has no help"
             checked += 1
     assert checked >= 20
