@@ -28,7 +28,7 @@ def _read_all(shards) -> np.ndarray:
     return np.concatenate(blocks)
 
 
-def _bad_input(spec, match=None, keys=None) -> str:
+def _assert_bad_input(spec, match=None, keys=None) -> str:
     """The one-line message of the BadInputError that opening ``spec`` raises."""
     with pytest.raises(BadInputError) as info:
         sources.open_inputs([str(spec)], keys)
@@ -252,17 +252,17 @@ def test_no_input_at_all():
 
 
 def test_missing_file(tmp_path):
-    _bad_input(tmp_path / "missing.npy", "no such file")
+    _assert_bad_input(tmp_path / "missing.npy", "no such file")
 
 
 def test_folder(tmp_path):
-    _bad_input(tmp_path, "is a folder")
+    _assert_bad_input(tmp_path, "is a folder")
 
 
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "emb.csv"
     path.write_text("1,2\n3,4\n")
-    message = _bad_input(path, "unsupported input format")
+    message = _assert_bad_input(path, "unsupported input format")
     assert "'.csv'" in message and ".npy" in message
 
 
@@ -297,7 +297,7 @@ def odd_h5(tmp_path):
     ],
 )
 def test_h5_dataset_of_wrong_kind(odd_h5, dataset, expected):
-    message = _bad_input(f"{odd_h5}:{dataset}", expected)
+    message = _assert_bad_input(f"{odd_h5}:{dataset}", expected)
     assert f"{odd_h5}:{dataset}" in message
 
 
@@ -313,13 +313,13 @@ def test_h5_dataset_of_wrong_kind(odd_h5, dataset, expected):
 def test_npy_of_wrong_kind(tmp_path, array, expected):
     path = tmp_path / "emb.npy"
     np.save(path, array)
-    assert str(path) in _bad_input(path, expected)
+    assert str(path) in _assert_bad_input(path, expected)
 
 
 def test_pt_integer_tensor(tmp_path):
     path = tmp_path / "emb.pt"
     torch.save(torch.arange(12).reshape(4, 3), path)
-    assert str(path) in _bad_input(path, "int64")
+    assert str(path) in _assert_bad_input(path, "int64")
 
 
 @pytest.mark.parametrize("value, kind", [([1, 2, 3], "list"), ("a string", "str"), (7, "int"),
@@ -327,7 +327,7 @@ def test_pt_integer_tensor(tmp_path):
 def test_pt_holding_a_non_tensor(tmp_path, value, kind):
     path = tmp_path / "emb.pt"
     torch.save(value, path)
-    message = _bad_input(path, f"holds a {kind}")
+    message = _assert_bad_input(path, f"holds a {kind}")
     assert str(path) in message
 
 
@@ -337,7 +337,7 @@ def test_pt_holding_a_pickled_object_is_refused_without_running_it(tmp_path, cls
     path = tmp_path / "evil.pt"
     torch.save(cls(str(marker)), path)
     assert not marker.exists()  # saving did not run it either
-    message = _bad_input(path, "weights_only")
+    message = _assert_bad_input(path, "weights_only")
     assert str(path) in message
     assert not marker.exists()
 
@@ -366,7 +366,7 @@ def test_truncated_npz(tmp_path):
     np.savez(path, image=_matrix(0))
     payload = path.read_bytes()
     path.write_bytes(payload[: len(payload) // 2])
-    _bad_input(path, str(path))
+    _assert_bad_input(path, str(path))
 
 
 def test_truncated_pt(tmp_path):
@@ -374,7 +374,7 @@ def test_truncated_pt(tmp_path):
     torch.save(torch.from_numpy(_matrix(0)), path)
     payload = path.read_bytes()
     path.write_bytes(payload[: len(payload) // 2])
-    _bad_input(path, str(path))
+    _assert_bad_input(path, str(path))
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
@@ -386,7 +386,7 @@ def test_truncated_npy_and_safetensors(tmp_path, suffix):
         save_file({"image": torch.from_numpy(_matrix(0))}, str(path))
     payload = path.read_bytes()
     path.write_bytes(payload[: len(payload) // 2])
-    _bad_input(path, str(path))
+    _assert_bad_input(path, str(path))
 
 
 def test_truncated_store(tmp_path):
