@@ -1,8 +1,7 @@
 """``analyze``: stream each embedding set once, build its spectrum, partition it, summarise it.
 
-This module wires the pure parts together (sources -> Gram -> spectrum -> metrics) and defines the
-result objects; it never prints. Every result has ``to_dict()`` (the JSON contract,
-``docs/json-schema.md``) and the per-set result a pandas ``to_frame()`` of its components.
+This module wires the pure parts together (sources -> Gram -> spectrum -> metrics) into the result
+objects of :mod:`sdetool.results`; it never prints.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ class AnalysisOptions:
         Subtract the column mean (MP theory is for zero-mean noise).
     l2 : bool
         Scale rows to unit norm first.
-    noise_estimator : {"median", "mppca", "iqr"}
+    noise_estimator : {"median", "median-gd", "mppca", "iqr"}
     edge_level : float
         Probability that pure noise crosses the noise edge; 0 for the bare MP edge.
     strong_rule : {"iqr", "gd"}
@@ -91,6 +90,9 @@ class AnalysisOptions:
             (1 <= self.alpha_window[0] <= self.alpha_window[1],
              f"alpha_window must be 1 <= first <= last, got {tuple(self.alpha_window)}"),
             (self.iqr_entries >= 4, f"iqr_entries must be >= 4, got {self.iqr_entries}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.edge_level == 0 or self.edge_level >= 1e-10,
+             f"edge_level must be 0 or at least 1e-10, got {self.edge_level}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -166,7 +168,7 @@ def stream_state(
     offsets = np.concatenate([[0], np.cumsum([s.shape[0] for s in shards])]).astype(np.int64)
     selection = _selection(int(offsets[-1]), options)
     mine = world.my_share(len(shards))
-    accumulator = make_accumulator(dim, options, device, keep_rows and not world.distributed)
+    accumulator = make_accumulator(dim, options, device, keep_rows)
     progress.start(label, int(sum(shards[i].shape[0] for i in mine)))
     try:
         blocks = iter_blocks([(shards[i], int(offsets[i])) for i in mine], _block_rows(options, dim), selection)
@@ -178,18 +180,46 @@ def stream_state(
     return all_reduce_state(accumulator.finalize(), world)
 
 
-def _singular_values(state: GramState, options: AnalysisOptions, rank: int) -> np.ndarray:
-    if state.rows is not None and state.rows.shape[0] == state.n:
-        rows = state.rows - state.mean if options.center else state.rows
-        return spectrum.singular_values_direct(rows)[:rank]
-    return spectrum.singular_values_from_gram(state.gram(options.center), rank=rank)
+def _direct(state: GramState) -> bool:
+    return state.rows is not None and state.rows.shape[0] == state.n
+
+
+def _centred_rows(state: GramState, options: AnalysisOptions) -> np.ndarray:
+    return state.rows - state.mean if options.center else state.rows
+
+
+def _singular_values(state: GramState, options: AnalysisOptions, rank: int) -> tuple[np.ndarray, float]:
+    """The ``rank`` leading singular values and the numerical floor below which they are zero.
+
+    The floor is the precision of the computation: ``4 eps max(n, d) s_1`` for a direct SVD and
+    ``4 sqrt(eps d) s_1`` through the float64 Gram (its eigenvalues carry ``eps d s_1^2`` errors).
+    """
+    eps = np.finfo(np.float64).eps
+    if _direct(state):
+        values = spectrum.singular_values_direct(_centred_rows(state, options))[:rank]
+        return values, 4.0 * eps * max(state.rows.shape) * float(values[0])
+    values = spectrum.singular_values_from_gram(state.gram(options.center), rank=rank)
+    return values, 4.0 * float(np.sqrt(eps * state.dim)) * float(values[0])
 
 
 def _top_vectors(state: GramState, options: AnalysisOptions, k: int) -> np.ndarray:
-    if state.rows is not None and state.rows.shape[0] == state.n:
-        rows = state.rows - state.mean if options.center else state.rows
-        return spectrum.top_right_singular_vectors_direct(rows, k)
+    if _direct(state):
+        return spectrum.top_right_singular_vectors_direct(_centred_rows(state, options), k)
     return spectrum.top_right_singular_vectors(state.gram(options.center), k)
+
+
+def _check_usable(state: GramState, options: AnalysisOptions, label: str) -> None:
+    if state.nonfinite_rows and not options.drop_nonfinite:
+        rows = "1 row holds" if state.nonfinite_rows == 1 else f"{state.nonfinite_rows} rows hold"
+        raise BadInputError(
+            f"{label}: {rows} NaN or Inf (the first at 0-based row {state.first_nonfinite}); "
+            f"--drop-nonfinite analyzes the other rows"
+        )
+    if state.n < 2:
+        dropped = f" after dropping {state.nonfinite_rows} non-finite rows" if state.nonfinite_rows else ""
+        raise BadInputError(f"{label}: has {state.n} usable rows{dropped}; at least 2 are needed")
+    if not np.isfinite(state.scatter).all():
+        raise BadInputError(f"{label}: the float64 Gram overflowed (entries near 1e154 or larger); rescale the rows")
 
 
 def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", need_vectors: bool = False):
@@ -200,23 +230,21 @@ def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", ne
     partition : SpectralPartition
     metrics : dict
     top_vectors : ndarray of shape (d, k), or None
+        ``k = min(top_k, numerical rank)``.
     """
-    if state.nonfinite_rows and not options.drop_nonfinite:
-        raise BadInputError(
-            f"{label}: {state.nonfinite_rows} rows hold NaN or Inf (first at row {state.first_nonfinite}); "
-            f"--drop-nonfinite analyzes the other rows"
-        )
-    if state.n < 2:
-        dropped = f" after dropping {state.nonfinite_rows} non-finite rows" if state.nonfinite_rows else ""
-        raise BadInputError(f"{label}: has {state.n} usable rows{dropped}; at least 2 are needed")
+    _check_usable(state, options, label)
     n_effective = state.n - 1 if options.center else state.n
     rank = min(n_effective, state.dim)
-    values = _singular_values(state, options, rank)
+    values, floor = _singular_values(state, options, rank)
     entries = None
     if options.noise_estimator == "iqr":
         entries = state.entry_sample - state.mean if options.center else state.entry_sample
-    part = spectrum.partition_spectrum(values, n_effective, state.dim, options.partition_options(), entries)
+    try:
+        part = spectrum.partition_spectrum(values, n_effective, state.dim, options.partition_options(), entries, floor)
+    except ValueError as error:
+        raise BadInputError(f"{label}: {error}") from None
     alpha, r2 = metrics.power_law_alpha(values, options.alpha_window)
+    window = [options.alpha_window[0], min(options.alpha_window[1], rank)]
     scores = {
         "effective_rank": metrics.effective_rank(values),
         "effective_rank_on": "centered" if options.center else "uncentered",
@@ -224,10 +252,10 @@ def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", ne
         "participation_ratio": metrics.participation_ratio(values),
         "power_law_alpha": alpha,
         "power_law_r2": r2,
-        "power_law_window": [options.alpha_window[0], min(options.alpha_window[1], rank)],
+        "power_law_window": window if window[0] <= window[1] else None,
         "mean_cosine": metrics.mean_cosine(state.unit_sum, state.n - state.zero_rows),
     }
-    vectors = _top_vectors(state, options, options.top_k) if need_vectors else None
+    vectors = _top_vectors(state, options, min(options.top_k, part.numerical_rank)) if need_vectors else None
     return part, scores, vectors
 
 
@@ -291,9 +319,10 @@ def analyze(
         if n_rows < 2:
             raise BadInputError(f"{label}: has n = {n_rows} rows; at least 2 are needed")
         n_selected = min(n_rows, options.sample or n_rows)
-        device = resolve_device(options.device, n_selected, dim)
+        keep_rows = n_selected <= dim and not world.distributed  # small: a direct SVD on the host
+        device = "cpu" if keep_rows else resolve_device(options.device, n_selected, dim)
         state = stream_state(shards, options, world=world, progress=progress, label=label,
-                             keep_rows=n_selected <= dim, device=device)
+                             keep_rows=keep_rows, device=device)
         part, scores, vectors = summarize(state, options, label=label, need_vectors=need_vectors)
         unit_count = max(state.n - state.zero_rows, 1)
         results[key] = SetAnalysis(

@@ -110,6 +110,36 @@ def _judge(check: Check, subject: str | None, actual) -> CheckResult:
     return CheckResult(check, subject, actual, bool(OPERATORS[check.op](actual, check.value)))
 
 
+ANY = "*"  # in a path skeleton: any key (a set name, a pair name) or list index
+
+
+def _known(skeleton, parts: list[str]) -> bool:
+    """Whether ``parts`` can name a value of a document shaped like ``skeleton``.
+
+    A skeleton is a dict of known keys (``ANY`` for free names); ``None`` means a leaf or a list
+    whose items are not checked further.
+    """
+    if not parts:
+        return True
+    if skeleton is None:
+        return len(parts) == 1 and parts[0].lstrip("-").isdigit()
+    for end in range(len(parts), 0, -1):  # keys may hold dots: the longest known key wins
+        key = ".".join(parts[:end])
+        if key in skeleton and _known(skeleton[key], parts[end:]):
+            return True
+    if ANY in skeleton:
+        return any(_known(skeleton[ANY], parts[end:]) for end in range(1, len(parts) + 1))
+    return False
+
+
+def check_paths(checks: list[Check], skeleton: dict) -> None:
+    """Refuse, before any work, a check whose path no report can have (a typo costs no run)."""
+    for check in checks:
+        if not _known(skeleton, check.path.split(".")):
+            roots = ", ".join(key for key in skeleton if key != ANY)
+            raise BadInputError(f"--fail-if {check.text!r}: a report has no value at {check.path!r}; top-level keys: {roots}")
+
+
 def evaluate(checks: list[Check], document: dict) -> list[CheckResult]:
     """Evaluate checks; a check *fails* when its comparison holds (``--fail-if``), or its value is null.
 

@@ -6,6 +6,7 @@ check failed, 2 bad input or usage. Heavy modules are imported inside the comman
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from enum import Enum
 from typing import List, Optional, Tuple
@@ -26,15 +27,17 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def _print_error(message: str) -> None:
-    _stderr().print(f"[bold red]sdetool: error:[/] {escape(message)}", soft_wrap=True)
+def _print_error(message: str, kind: str = "error") -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike: rank 0 speaks
+        return
+    _stderr().print(f"[bold red]sdetool: {kind}:[/] {escape(message)}", soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -50,12 +53,20 @@ def handles_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except typer.Exit:
+            raise
         except SdetoolError as error:
             fail(str(error))
         except KeyboardInterrupt:
             fail("interrupted; no output was written", 130)
         except MemoryError:
             fail("out of memory; try a smaller --block-rows or --sample", EXIT_BAD_INPUT)
+        except Exception as error:  # the last resort: never exit 1 (a failed check) with a traceback
+            if os.environ.get("SDETOOL_DEBUG"):
+                raise
+            _print_error(f"{type(error).__name__}: {error} (a bug: please report it; SDETOOL_DEBUG=1 shows the "
+                         f"traceback)", kind="internal error")
+            raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
 
@@ -169,10 +180,15 @@ def analyze(
     from sdetool import checks, report
     from sdetool.analysis import AnalysisOptions, analyze as run_analysis
     from sdetool.distributed import current_world
+    from sdetool.errors import BadInputError
+    from sdetool.results import report_paths
 
     parsed_checks = [checks.parse_check(text) for text in fail_if or []]
+    checks.check_paths(parsed_checks, report_paths())
     report.check_output_path(json_path, "--json")
     report.check_output_path(csv_path, "--csv")
+    if json_path == "-" and csv_path == "-":
+        raise BadInputError("--json - and --csv -: only one of them can go to stdout")
     options = AnalysisOptions(
         center=center, l2=l2, noise_estimator=noise_estimator.value, edge_level=edge_level,
         strong_rule=strong_rule.value, iqr_k=iqr_k, energy=energy.value, top_k=top_k, sample=sample,
@@ -193,7 +209,7 @@ def analyze(
     if csv_path:
         report.write_csv(result.to_frame(), csv_path)
     if not quiet:
-        report.render_analysis(document, console_err if json_path == "-" else Console())
+        report.render_analysis(document, console_err if "-" in (json_path, csv_path) else Console())
     report.render_checks(outcomes, console_err)
     if any(outcome.failed for outcome in outcomes):
         raise typer.Exit(EXIT_CHECK_FAILED)

@@ -12,7 +12,8 @@ from sdetool.cli import app
 HEADER = """# Command-line reference
 
 Generated from the commands' help by `python -m sdetool.clidocs > docs/cli.md`; do not edit by hand.
-Exit codes: 0 success, 1 a `--fail-if` check failed, 2 bad input or usage (one line on stderr).
+Exit codes: 0 success, 1 a `--fail-if` check failed, 2 bad input or usage (one line on stderr),
+3 an internal error (a bug: one line; `SDETOOL_DEBUG=1` shows the traceback).
 """
 
 

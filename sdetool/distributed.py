@@ -52,12 +52,13 @@ def current_world() -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size())
 
 
-def _all_reduce(array: np.ndarray) -> np.ndarray:
+def _all_reduce(array: np.ndarray, smallest: bool = False) -> np.ndarray:
+    """Sum (or, with ``smallest``, the minimum) over ranks, in float64."""
     import torch
     import torch.distributed as dist
 
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN if smallest else dist.ReduceOp.SUM)
     return tensor.numpy()
 
 
@@ -77,7 +78,7 @@ def all_reduce_state(state: GramState, world: World) -> GramState:
     delta = state.mean - mean
     scatter = _all_reduce(state.scatter + state.n * np.outer(delta, delta))
     unit_sum = _all_reduce(state.unit_sum)
-    first = _all_reduce(np.array([np.inf if state.first_nonfinite is None else state.first_nonfinite]))
+    first = _all_reduce(np.array([np.inf if state.first_nonfinite is None else state.first_nonfinite]), smallest=True)
     sample, keys = _gather_samples(state)
     return GramState(
         n=n,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sdetool.errors import BadInputError
+
 
 @dataclass
 class GramState:
@@ -155,6 +157,15 @@ class RowSample:
             keep = np.argpartition(all_keys, self.capacity - 1)[: self.capacity]
             all_keys, all_rows = all_keys[keep], all_rows[keep]
         self.keys, self.rows = all_keys, all_rows
+
+
+def raise_overflow(positions: np.ndarray) -> None:
+    """Refuse finite rows whose squared norm overflows float64 (entries beyond about 1e154)."""
+    rows = "1 row has" if positions.size == 1 else f"{positions.size} rows have"
+    raise BadInputError(
+        f"{rows} entries so large (about 1e154 or more) that their squares overflow float64 "
+        f"(the first at 0-based row {int(positions.min())}); rescale the embeddings"
+    )
 
 
 class RowBookkeeping:
@@ -305,8 +316,11 @@ class GramAccumulator(RowBookkeeping):
         rows = buffer[filled : filled + count]
         np.copyto(rows, part, casting="unsafe")
         squares = np.einsum("ij,ij->i", rows, rows)
-        if not np.isfinite(squares).all():  # NaN/Inf somewhere (or |x| > 1e154 overflowing the square)
+        if not np.isfinite(squares).all():  # NaN/Inf somewhere, or |x| > 1e154 overflowing the square
             finite = self._count_nonfinite(rows, positions)
+            overflow = ~np.isfinite(squares) & finite
+            if overflow.any():
+                raise_overflow(positions[overflow])
             if self.failed:
                 return 0
             count = int(finite.sum())

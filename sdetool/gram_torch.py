@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from sdetool.gram import GramState, RowBookkeeping, RowSample, state_from_sums
+from sdetool.gram import GramState, RowBookkeeping, RowSample, raise_overflow, state_from_sums
 
 
 class TorchGramAccumulator(RowBookkeeping):
@@ -46,7 +46,8 @@ class TorchGramAccumulator(RowBookkeeping):
         with warnings.catch_warnings():  # read-only memory maps: the host tensor is never written
             warnings.simplefilter("ignore", UserWarning)
             host = self._torch.from_numpy(np.ascontiguousarray(chunk))
-        return host.to(self.device).to(self._torch.float64)
+        # copy=True: a float64 host block must not be modified in place (nor a read-only memory map).
+        return host.to(device=self.device, dtype=self._torch.float64, copy=True)
 
     def update(self, chunk: np.ndarray, positions: np.ndarray | None = None) -> None:
         """Add a chunk of rows, shape ``(rows, d)``; ``positions`` as in ``GramAccumulator.update``."""
@@ -59,6 +60,9 @@ class TorchGramAccumulator(RowBookkeeping):
         if not bool(torch.isfinite(squares).all()):  # one host sync per block
             finite = torch.isfinite(x).all(dim=1)
             bad = (~finite).cpu().numpy()
+            overflow = torch.isfinite(squares).cpu().numpy() | bad
+            if not overflow.all():
+                raise_overflow(positions[~overflow])
             self._record_nonfinite(bad, positions)
             if self.failed:
                 return

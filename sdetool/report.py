@@ -86,7 +86,8 @@ def _set_tables(entry: dict) -> list:
     table.add_row("stable rank", _fmt(scores["stable_rank"]))
     table.add_row("participation ratio", _fmt(scores["participation_ratio"]))
     window = scores["power_law_window"]
-    table.add_row(f"power-law alpha (i={window[0]}..{window[1]})",
+    span = f" (i={window[0]}..{window[1]})" if window else " (too few components)"
+    table.add_row(f"power-law alpha{span}",
                   f"{_fmt(scores['power_law_alpha'])} (R2 {_fmt(scores['power_law_r2'], 3)})")
     table.add_row("mean cosine", _fmt(scores["mean_cosine"]))
     if entry.get("dropped_nonfinite"):

@@ -96,6 +96,7 @@ class SetAnalysis:
                 "edge_level": options.edge_level,
                 "mp_edge": _clean(part.mp_edge),
                 "signal_rank": part.signal_rank,
+                "numerical_rank": part.numerical_rank,
             },
             "strong_rule": {
                 "name": options.strong_rule,
@@ -194,3 +195,28 @@ class AnalysisReport:
         import pandas as pd
 
         return pd.concat([result.to_frame() for result in self.sets.values()], ignore_index=True)
+
+
+def report_paths() -> dict:
+    """The skeleton of every path a report can have, for checking ``--fail-if`` before a run."""
+    from sdetool.checks import ANY
+
+    band = {"count": None, "energy_share": None, "first_index": None}
+    one = {
+        "schema": None, "source": None, "shards": None, "key": None, "n_samples": None, "n_rows": None,
+        "dim": None, "dtype": None, "centered": None, "normalized": None, "input_normalized": None,
+        "modality": None, "model": None, "sample": None, "dropped_nonfinite": None, "zero_rows": None,
+        "n_effective": None, "beta": None, "singular_values": None, "device": None, "energy": None,
+        "noise": dict.fromkeys(["estimator", "sigma", "edge", "edge_level", "mp_edge", "signal_rank",
+                                "numerical_rank"]),
+        "strong_rule": dict.fromkeys(["name", "threshold", "iqr_k"]),
+        "bands": {name: band for name in spectrum.BANDS},
+        "components": dict.fromkeys(["band", "energy_share", "snr"]),
+        "metrics": dict.fromkeys(["effective_rank", "effective_rank_on", "stable_rank", "participation_ratio",
+                                  "power_law_alpha", "power_law_r2", "power_law_window", "mean_cosine"]),
+        "options": {ANY: None},
+        "sdetool_version": None,
+    }
+    pair = dict.fromkeys(["a", "b", "paired", "hellinger", "top_k", "subspace_overlap", "subspace_distance",
+                          "principal_angles_deg", "modality_gap", "note"])
+    return {**one, "sets": {ANY: one}, "cross": {ANY: pair}}

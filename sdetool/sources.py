@@ -149,22 +149,40 @@ def _open_file(path: str, dataset: str | None) -> dict[str, object]:
     raise BadInputError(f"{path}: unsupported input format {suffix or '(no suffix)'!r}; expected one of {', '.join(SUFFIXES)}")
 
 
+def _numpy_reason(error: BaseException) -> str:
+    text = str(error)
+    if "pickled" in text or "allow_pickle" in text:  # numpy's word for a header it cannot parse
+        return "not a numeric array file (damaged, or holding Python objects, which are refused)"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _load_npy(path: str) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise BadInputError(f"{path}: not a readable .npy array: {error}") from None
+        raise BadInputError(f"{path}: not a readable .npy array: {_numpy_reason(error)}") from None
 
 
 def _open_npz(path: str) -> dict[str, object]:
+    # .npz members are compressed or zipped: each array is read whole (memory O(n d) for this format).
     try:
         archive = np.load(path, allow_pickle=False)
         arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise BadInputError(f"{path}: not a readable .npz archive: {error}") from None
+        raise BadInputError(f"{path}: not a readable .npz archive: {_numpy_reason(error)}") from None
     if not arrays:
         raise BadInputError(f"{path}: the .npz archive holds no arrays")
     return {name: ArrayMatrix(path, name, array) for name, array in arrays.items()}
+
+
+def _torch_reason(error: BaseException) -> str:
+    """The useful line of a torch.load failure, without its advice to turn weights_only off."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line.split("WeightsUnpickler error:")[-1].strip()
+    useful = [line for line in lines if "weights_only" not in line and "torch.load" not in line]
+    return useful[0] if useful else type(error).__name__
 
 
 def _open_torch(path: str) -> dict[str, object]:
@@ -180,19 +198,20 @@ def _open_torch(path: str) -> dict[str, object]:
                 raise
             loaded = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BadInputError(
-            f"{path}: cannot load as a tensor file with torch.load(weights_only=True) "
-            f"(arbitrary pickled objects are refused): {reason}"
+            f"{path}: not a tensor file sdetool can load safely (torch.load with weights_only=True; "
+            f"pickled Python objects are refused): {_torch_reason(error)}"
         ) from None
     if isinstance(loaded, torch.Tensor):
         loaded = {DEFAULT_KEY: loaded}
-    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        for name, tensor in loaded.items():
-            if tensor.layout != torch.strided:
-                raise BadInputError(f"{path}: tensor {name!r} is {tensor.layout} (sparse); expected a dense 2-D tensor")
-        return {str(name): ArrayMatrix(path, str(name), tensor) for name, tensor in loaded.items()}
-    raise BadInputError(f"{path}: holds a {type(loaded).__name__}, expected a 2-D tensor (or a dict of tensors)")
+    tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)} if isinstance(loaded, dict) else {}
+    if not tensors:  # side entries (step counts, names) of a dict are skipped, but one tensor is needed
+        raise BadInputError(f"{path}: holds a {type(loaded).__name__} without tensors, expected a 2-D tensor "
+                            f"(or a dict of tensors)")
+    for name, tensor in tensors.items():
+        if tensor.layout != torch.strided:
+            raise BadInputError(f"{path}: tensor {name!r} is {tensor.layout} (sparse); expected a dense 2-D tensor")
+    return {name: ArrayMatrix(path, name, tensor) for name, tensor in tensors.items()}
 
 
 def _open_safetensors(path: str) -> dict[str, object]:

@@ -14,6 +14,7 @@ NeuroImage 142 (MP-PCA); Johnstone (2001) (Tracy-Widom edge); Benaych-Georges & 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -134,29 +135,37 @@ def noise_sigma_deflated_median(
 
 
 def noise_sigma_mppca(singular_values: np.ndarray, n: int, d: int) -> tuple[float, int]:
-    """Noise std and signal rank by MP-PCA (Veraart et al. 2016).
+    """Noise std and signal rank by MP-PCA (Veraart et al. 2016; Cordero-Grande et al. 2019).
 
-    With ``lambda_i = s_i^2 / q`` (descending, ``p`` values), the signal rank ``P`` is the smallest
-    such that the remaining ``p - P`` eigenvalues fit one MP bulk:
-    ``lambda_{P+1} - lambda_p <= 4 sqrt((p - P) / q) mean(lambda_{P+1..p})``; then
-    ``sigma^2 = mean(lambda_{P+1..p})``.
+    The signal rank ``P`` is the smallest such that the remaining ``p - P`` values fit one MP bulk
+    of noise living in ``(p - P) x (q - P)`` dimensions:
+    ``s_{P+1}^2 - s_p^2 <= 4 sqrt((p - P)(q - P)) sigma_P^2`` with
+    ``sigma_P^2 = sum_{i>P} s_i^2 / ((p - P)(q - P))``. (Veraart's original divides by ``q``
+    instead of ``q - P``, which biases ``sigma`` low by ``sqrt((q - P) / q)``.)
 
     Returns
     -------
     sigma : float
     signal_rank : int
+
+    Raises
+    ------
+    ValueError
+        When no tail of at least two values fits a bulk (no noise to measure).
     """
     values = np.asarray(singular_values, dtype=np.float64)
     p, q, _ = _shape(n, d, values.size)
-    eigenvalues = values * values / q
-    # Tail means for every P at once: mean(lambda[P:]) = (total - cumsum[P-1]) / (p - P).
-    tail_sums = np.cumsum(eigenvalues[::-1])[::-1]
-    counts = np.arange(p, 0, -1)
-    means = tail_sums / counts
-    widths = eigenvalues - eigenvalues[-1]
-    fits = widths <= 4.0 * np.sqrt(counts / q) * means
-    rank = int(np.argmax(fits)) if fits.any() else p - 1
-    return float(math.sqrt(max(means[rank], 0.0))), rank
+    powers = values * values
+    signal = np.arange(p)  # P, the candidate signal ranks
+    tail_sums = np.cumsum(powers[::-1])[::-1]  # sum of s_i^2 for i > P
+    noise_dims = (p - signal) * (q - signal).astype(np.float64)
+    variances = tail_sums / noise_dims
+    fits = powers - powers[-1] <= 4.0 * np.sqrt(noise_dims) * variances
+    fits[-1] = False  # one value always "fits": it measures nothing
+    if not fits.any():
+        raise ValueError("MP-PCA found no Marchenko-Pastur bulk in the spectrum (no noise to measure)")
+    rank = int(np.argmax(fits))
+    return float(math.sqrt(max(variances[rank], 0.0))), rank
 
 
 def noise_sigma_iqr(entries: np.ndarray) -> float:
@@ -269,7 +278,11 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class SpectralPartition:
-    """The MP/IQR partition of one spectrum. Arrays have one entry per component (length ``p``)."""
+    """The MP/IQR partition of one spectrum. Arrays have one entry per component (length ``p``).
+
+    ``numerical_rank`` counts the values above the numerical floor; the noise level and edge were
+    estimated on those alone (``n x numerical_rank``) when it is below ``p``.
+    """
 
     singular_values: np.ndarray
     n: int
@@ -283,6 +296,7 @@ class SpectralPartition:
     snr: np.ndarray
     options: PartitionOptions
     signal_rank: int | None = None
+    numerical_rank: int | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -298,6 +312,7 @@ def partition_spectrum(
     d: int,
     options: PartitionOptions = PartitionOptions(),
     entries: np.ndarray | None = None,
+    floor: float = 0.0,
 ) -> SpectralPartition:
     """Estimate the noise level, the noise edge and the strong threshold, and split the spectrum.
 
@@ -310,10 +325,35 @@ def partition_spectrum(
     options : PartitionOptions
     entries : ndarray, optional
         A sample of (centred) matrix entries; required by the ``iqr`` noise estimator.
+    floor : float
+        Values at or below it are numerically zero (below the precision of the computation). When
+        there are such values the matrix is rank-deficient at working precision: its ``m`` nonzero
+        values are partitioned as an ``n x m`` matrix (the noise lives in its column space) and the
+        zero ones go to the noise band.
     """
     values = np.asarray(singular_values, dtype=np.float64)
     if values.ndim != 1 or values.size < 1:
         raise ValueError(f"singular_values must be a non-empty 1-D array, got shape {values.shape}")
+    rank = int(np.sum(values > floor))
+    if rank < 2:
+        raise ValueError(f"the matrix has numerical rank {rank}: there is no spectrum to partition")
+    part = _partition_full_rank(values[:rank], n, d if rank == values.size else rank, options, entries)
+    if rank == values.size:
+        return part
+    extra = values.size - rank
+    labels = np.concatenate([part.labels, np.full(extra, 2, dtype=np.int8)])
+    return dataclasses.replace(
+        part,
+        singular_values=values,
+        d=d,
+        labels=labels,
+        shares=energy_shares(values, labels, options.energy),
+        snr=np.concatenate([part.snr, np.full(extra, np.nan)]),
+        numerical_rank=rank,
+    )
+
+
+def _partition_full_rank(values, n, d, options, entries) -> SpectralPartition:
     signal_rank = None
     if options.noise_estimator == "median":
         sigma, signal_rank = noise_sigma_deflated_median(values, n, d, options.edge_level)
@@ -346,4 +386,5 @@ def partition_spectrum(
         snr=snr,
         options=options,
         signal_rank=signal_rank,
+        numerical_rank=values.size,
     )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -176,7 +177,7 @@ def test_nonfinite_rows_refused_then_dropped(tmp_path):
     matrix[[4, 20, 21]] = np.nan
     path = str(tmp_path / "x.npy")
     np.save(path, matrix)
-    with pytest.raises(BadInputError, match=r"3 rows hold NaN or Inf \(first at row 4\)"):
+    with pytest.raises(BadInputError, match=r"3 rows hold NaN or Inf \(the first at 0-based row 4\)"):
         analyze(path)
     result = analyze(path, options=AnalysisOptions(drop_nonfinite=True))["embeddings"]
     assert result.n_samples == 47 and result.dropped_nonfinite == 3
@@ -207,6 +208,37 @@ def test_iqr_estimator_uses_centred_entries(tmp_path):
     assert result.to_dict()["bands"]["noise"]["count"] == 50
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _torchrun(arguments, env):
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "sdetool", *arguments],
+        env=env, timeout=300, capture_output=True, text=True,
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_names_the_first_nonfinite_row_once(tmp_path):
+    shards = []
+    for index in range(3):
+        rows = np.random.default_rng(index).standard_normal((100, 8))
+        if index == 2:
+            rows[50] = np.nan  # global row 250, read by rank 0 (shards 0 and 2)
+        if index == 1:
+            rows[[10, 20]] = np.inf  # global rows 110 and 120, read by rank 1
+        shards.append(str(tmp_path / f"s{index}.npy"))
+        np.save(shards[-1], rows)
+    completed = _torchrun(["analyze", *shards, "-q"], {**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode != 0  # each rank exits 2; torchrun reports a failed job
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("sdetool: error")]
+    assert errors == [errors[0]] and "3 rows hold NaN or Inf (the first at 0-based row 110)" in errors[0]
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
     matrix = _wide_spectrum(1200, 20, seed=11).astype(np.float32)
@@ -220,14 +252,52 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "sdetool", "analyze", *shards, "--json", str(single), *common],
                    check=True, env=env, timeout=120)
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "sdetool", "analyze", *shards, "--json", str(double), *common],
-        env=env, timeout=300, capture_output=True, text=True,
-    )
+    completed = _torchrun(["analyze", *shards, "--json", str(double), *common], env)
     assert completed.returncode == 0, completed.stderr[-2000:]
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert two["n_samples"] == one["n_samples"] == 1000
     _assert_spectrum(np.array(two["singular_values"]), np.array(one["singular_values"]))
     assert two["noise"]["sigma"] == pytest.approx(one["noise"]["sigma"], rel=1e-12)  # same entry sample
     assert {k: v["count"] for k, v in two["bands"].items()} == {k: v["count"] for k, v in one["bands"].items()}
+
+
+def test_rank_deficient_input_keeps_its_noise_level(tmp_path):
+    # Rank 100 in d = 256 plus small noise inside the 100-dim column space (a projection head into a
+    # larger space): the 156 numerically zero values must not drag the noise level to zero.
+    rng = np.random.default_rng(12)
+    basis = np.linalg.qr(rng.standard_normal((256, 100)))[0]
+    scores = rng.standard_normal((5000, 100)) * 0.1
+    scores[:, :5] *= 60
+    matrix = (scores @ basis.T).astype(np.float64)
+    path = str(tmp_path / "lowrank.npy")
+    np.save(path, matrix)
+    document = analyze(path).to_dict()
+    assert document["noise"]["numerical_rank"] == 100
+    assert document["noise"]["sigma"] == pytest.approx(0.1, rel=0.03)
+    assert document["bands"]["strong"]["count"] + document["bands"]["weak"]["count"] == 5
+    assert document["bands"]["noise"]["count"] == 251
+
+
+def test_noiseless_rank_one_is_refused_with_its_reason(tmp_path):
+    path = str(tmp_path / "rank1.npy")
+    np.save(path, np.outer(np.arange(1.0, 41.0), np.ones(6)))
+    with pytest.raises(BadInputError, match="numerical rank 1"):
+        analyze(path)
+
+
+def test_top_k_is_capped_at_the_rank(tmp_path):
+    rng = np.random.default_rng(13)
+    a = rng.standard_normal((6, 20))
+    path = str(tmp_path / "few.npz")
+    np.savez(path, a=a, b=a[::-1].copy())  # the same rows in another order: the same row space
+    report = analyze(path, options=AnalysisOptions(top_k=10))
+    (pair,) = report.cross
+    assert pair.top_k == 5  # centred 6 x 20: rank 5
+    assert pair.subspace_overlap == pytest.approx(1.0, abs=1e-9)
+
+
+def test_power_law_window_is_null_for_short_spectra(tmp_path):
+    path = str(tmp_path / "short.npy")
+    np.save(path, np.random.default_rng(14).standard_normal((200, 6)))
+    document = analyze(path).to_dict()
+    assert document["metrics"]["power_law_window"] is None and document["metrics"]["power_law_alpha"] is None

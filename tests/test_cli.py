@@ -534,3 +534,55 @@ def test_usage_errors_of_the_console_script_are_one_line(args, fragment):
     lines = [line for line in completed.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("sdetool: error:") and fragment in lines[0], completed.stderr
     assert "Traceback" not in completed.stderr and completed.stdout == ""
+
+
+def test_csv_to_stdout_sends_tables_to_stderr_and_both_to_stdout_is_refused(two_sets):
+    path, _, _ = two_sets
+    result = _invoke(["analyze", path, "-k", "image", "--csv", "-"])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0] == "key,index,singular_value,band,energy_share,snr"
+    assert "energy share" in result.stderr and "energy share" not in result.stdout
+    _assert_bad_input(_invoke(["analyze", path, "--csv", "-", "--json", "-"]), "only one of them")
+
+
+def test_fail_if_path_typo_is_refused_before_reading(tmp_path):
+    # The input does not even exist: the typo is caught first, at no cost.
+    result = _invoke(["analyze", tmp_path / "missing.h5", "--fail-if", "metrics.efective_rank < 2"])
+    _assert_bad_input(result, "metrics.efective_rank", "no value")
+
+
+def test_overflowing_rows_are_bad_input(tmp_path):
+    rows = np.ones((50, 4))
+    rows[7, 2] = 1e160
+    path = tmp_path / "huge.npy"
+    np.save(path, rows)
+    for extra in ([], ["--l2"]):
+        _assert_bad_input(_invoke(["analyze", path, *extra]), "overflow", "row 7")
+
+
+def test_unexpected_errors_exit_3_with_one_line(two_sets, monkeypatch):
+    import sdetool.analysis
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(sdetool.analysis, "analyze", broken)
+    result = _invoke(["analyze", two_sets[0]])
+    assert result.exit_code == 3
+    lines = _error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("sdetool: internal error: RuntimeError: simulated failure")
+
+
+def test_torch_path_leaves_a_read_only_float64_memory_map_alone(tmp_path):
+    rows = np.random.default_rng(0).standard_normal((300, 8))
+    path = tmp_path / "x64.npy"
+    np.save(path, rows)
+    result = _invoke(["analyze", path, "--device", "torch:cpu", "--json", tmp_path / "r.json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["device"] == "torch:cpu"
+    np.testing.assert_array_equal(np.load(path), rows)
+
+
+@pytest.mark.parametrize("args,fragment", [(["--seed", "-1", "--sample", "10"], "seed"), (["--edge-level", "1e-13"], "edge_level")])
+def test_option_values_out_of_range(two_sets, args, fragment):
+    _assert_bad_input(_invoke(["analyze", two_sets[0], *args]), fragment)

@@ -323,12 +323,21 @@ def test_pt_integer_tensor(tmp_path):
 
 
 @pytest.mark.parametrize("value, kind", [([1, 2, 3], "list"), ("a string", "str"), (7, "int"),
-                                         ({"image": torch.zeros(2, 2), "n": 3}, "dict"), ({}, "dict")])
+                                         ({"step": 3, "name": "run-1"}, "dict"), ({}, "dict")])
 def test_pt_holding_a_non_tensor(tmp_path, value, kind):
     path = tmp_path / "emb.pt"
     torch.save(value, path)
     message = _assert_bad_input(path, f"holds a {kind}")
     assert str(path) in message
+
+
+def test_pt_dict_side_entries_are_skipped(tmp_path):
+    data = _matrix(0)
+    path = tmp_path / "emb.pt"
+    torch.save({"image": torch.from_numpy(data), "step": 3, "name": "run-1"}, path)
+    opened = sources.open_inputs([str(path)])
+    assert list(opened) == ["image"]
+    np.testing.assert_array_equal(_read_all(opened["image"]), data)
 
 
 @pytest.mark.parametrize("cls", [ReducesToMarker, SetsStateToMarker])

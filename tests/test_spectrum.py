@@ -194,3 +194,34 @@ def test_edge_level_zero_gives_the_bare_mp_edge():
     values = np.linspace(30, 10, 20)
     part = partition_spectrum(values, 500, 20, PartitionOptions(edge_level=0.0))
     assert part.edge == pytest.approx(part.mp_edge)
+
+
+@pytest.mark.parametrize("n,d", [(2000, 200), (200, 1000), (400, 400)])
+def test_mppca_stays_unbiased_with_a_third_of_the_components_signal(n, d):
+    # Veraart's form divides by q instead of q - P and biased sigma low by sqrt((q - P) / q): 18% at
+    # 400 x 400 with 139 spikes. With the (p - P)(q - P) noise dimensions it stays within 2.5%.
+    p = min(n - 1, d)
+    beta = p / max(n - 1, d)
+    rank = int(0.35 * p)
+    strengths = rmt.bbp_threshold(beta) * np.geomspace(1.2, 20.0, rank)
+    values = _centred_values(planted_spikes(n, d, strengths, sigma=1.0, seed=0).matrix)
+    sigma, signal_rank = spectrum.noise_sigma_mppca(values, n - 1, d)
+    assert sigma == pytest.approx(1.0, rel=0.025)
+    assert abs(signal_rank - rank) <= 2
+
+
+def test_mppca_without_any_bulk_is_refused():
+    with pytest.raises(ValueError, match="no Marchenko-Pastur bulk"):
+        spectrum.noise_sigma_mppca(np.array([100.0, 1.0]), 1000, 2)
+
+
+def test_numerically_zero_values_go_to_noise_and_leave_sigma_alone():
+    n, d, rank = 3000, 120, 40
+    rng = np.random.default_rng(5)
+    values = np.concatenate([np.sort(rng.uniform(50, 60, rank))[::-1], np.full(d - rank, 1e-9)])
+    values[:3] = [900.0, 700.0, 500.0]
+    part = partition_spectrum(values, n, d, floor=1e-6)
+    assert part.numerical_rank == rank
+    assert np.all(part.labels[rank:] == 2) and np.all(np.isnan(part.snr[rank:]))
+    assert part.counts["strong"] + part.counts["weak"] == 3
+    assert part.sigma > 0.5  # estimated in the 40-dim column space, not dragged to ~0 by the zeros
