@@ -92,7 +92,8 @@ def _set_tables(entry: dict) -> list:
     table.add_row("mean cosine", _fmt(scores["mean_cosine"]))
     if entry.get("dropped_nonfinite"):
         table.add_row("dropped non-finite rows", str(entry["dropped_nonfinite"]))
-    return [bands, table]
+    notes = [f"[yellow]note:[/] {escape(noise['note'])}"] if noise.get("note") else []
+    return [bands, table, *notes]
 
 
 def _cross_table(cross: dict) -> Table:

@@ -97,6 +97,11 @@ class SetAnalysis:
                 "mp_edge": _clean(part.mp_edge),
                 "signal_rank": part.signal_rank,
                 "numerical_rank": part.numerical_rank,
+                "note": None if part.numerical_rank == part.singular_values.size else (
+                    f"rank-deficient at working precision: {part.singular_values.size - part.numerical_rank} "
+                    f"components are numerically zero; the noise level was estimated in the "
+                    f"{part.numerical_rank}-dimensional column space (a matrix without noise there has no "
+                    f"noise band to find)"),
             },
             "strong_rule": {
                 "name": options.strong_rule,
@@ -208,7 +213,7 @@ def report_paths() -> dict:
         "modality": None, "model": None, "sample": None, "dropped_nonfinite": None, "zero_rows": None,
         "n_effective": None, "beta": None, "singular_values": None, "device": None, "energy": None,
         "noise": dict.fromkeys(["estimator", "sigma", "edge", "edge_level", "mp_edge", "signal_rank",
-                                "numerical_rank"]),
+                                "numerical_rank", "note"]),
         "strong_rule": dict.fromkeys(["name", "threshold", "iqr_k"]),
         "bands": {name: band for name in spectrum.BANDS},
         "components": dict.fromkeys(["band", "energy_share", "snr"]),
