@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdetool.gram import GramState
+from sdetool.gram import GramState, RowSample
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,7 @@ def _gather_samples(state: GramState) -> tuple[np.ndarray | None, np.ndarray | N
 
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (state.entry_sample, state.entry_keys))
-    merged = None
+    merged = RowSample(state.sample_rows, state.dim, seed=0)  # keys are already drawn: the seed is unused
     for sample, keys in gathered:
-        part = GramState(0, state.mean, state.scatter, state.unit_sum, entry_sample=sample, entry_keys=keys,
-                         sample_rows=state.sample_rows)
-        merged = part if merged is None else merged.merge(part)
-    return merged.entry_sample, merged.entry_keys
+        merged.add(keys, sample)
+    return merged.sorted()

@@ -106,11 +106,10 @@ def _merge_samples(a: GramState, b: GramState) -> tuple[np.ndarray | None, np.nd
     if a.entry_sample is None or b.entry_sample is None:
         return (a.entry_sample if b.entry_sample is None else b.entry_sample,
                 a.entry_keys if b.entry_keys is None else b.entry_keys)
-    capacity = max(a.sample_rows, b.sample_rows, len(a.entry_keys), len(b.entry_keys))
-    keys = np.concatenate([a.entry_keys, b.entry_keys])
-    sample = np.concatenate([a.entry_sample, b.entry_sample])
-    keep = np.argsort(keys, kind="stable")[:capacity]
-    return sample[keep], keys[keep]
+    merged = RowSample(max(a.sample_rows, b.sample_rows, len(a.entry_keys), len(b.entry_keys)), a.dim, seed=0)
+    merged.add(a.entry_keys, a.entry_sample)
+    merged.add(b.entry_keys, b.entry_sample)
+    return merged.sorted()
 
 
 _SUB_ROWS = 256  # rows per cache-resident slice: 256 x 768 float64 = 1.5 MiB
@@ -148,6 +147,11 @@ class RowSample:
             chosen = np.flatnonzero(keys < self.keys.max())
             return chosen, keys[chosen]
         return np.arange(keys.size), keys
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows and keys in ascending key order."""
+        order = np.argsort(self.keys, kind="stable")
+        return self.rows[order], self.keys[order]
 
     def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Offer rows (float64, shape (k, d)) with their keys; keep the ``capacity`` smallest keys."""

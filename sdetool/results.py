@@ -60,7 +60,6 @@ class SetAnalysis:
         """The ``sdetool.analysis/1`` object of this set (see ``docs/json-schema.md``)."""
         part = self.partition
         options = part.options
-        weights = spectrum.component_weights(part.singular_values, options.energy)
         bands = {}
         for index, name in enumerate(spectrum.BANDS):
             members = part.labels == index
@@ -112,7 +111,7 @@ class SetAnalysis:
             "bands": bands,
             "components": {
                 "band": part.band_names(),
-                "energy_share": _clean_list(weights / weights.sum() if weights.sum() > 0 else weights),
+                "energy_share": _clean_list(part.component_shares),
                 "snr": _clean_list(part.snr),
             },
             "metrics": {name: _clean(value) for name, value in self.metrics.items()},
@@ -126,15 +125,13 @@ class SetAnalysis:
         import pandas as pd
 
         part = self.partition
-        weights = spectrum.component_weights(part.singular_values, part.options.energy)
-        total = weights.sum()
         return pd.DataFrame(
             {
                 "key": self.key,
                 "index": np.arange(1, part.singular_values.size + 1),
                 "singular_value": part.singular_values,
                 "band": part.band_names(),
-                "energy_share": weights / total if total > 0 else weights,
+                "energy_share": part.component_shares,
                 "snr": part.snr,
             }
         )

@@ -302,6 +302,13 @@ class SpectralPartition:
     def counts(self) -> dict[str, int]:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(BANDS)}
 
+    @property
+    def component_shares(self) -> np.ndarray:
+        """Each component's share of the total energy (``power`` or ``amplitude``, as the options say)."""
+        weights = component_weights(self.singular_values, self.options.energy)
+        total = weights.sum()
+        return weights / total if total > 0 else weights
+
     def band_names(self) -> list[str]:
         return [BANDS[i] for i in self.labels]
 
