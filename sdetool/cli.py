@@ -102,30 +102,32 @@ def root(
 
 
 class RichProgress:
-    """Streaming progress as a rich bar on stderr (rows, rows/s, ETA)."""
+    """Streaming progress as a rich bar on stderr (count, count/s, ETA)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, unit: str = "rows") -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("rows"),
+            TextColumn(unit),
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             console=console,
             transient=True,
         )
         self._task = None
+        self._unit = unit
+        self._verb = "reading " if unit == "rows" else ""
 
     def start(self, label: str, total_rows: int) -> None:
         self._bar.start()
-        self._task = self._bar.add_task(f"reading {label}", total=total_rows, rate="")
+        self._task = self._bar.add_task(f"{self._verb}{label}", total=total_rows, rate="")
 
     def advance(self, rows: int) -> None:
         speed = self._bar.tasks[self._task].speed
-        self._bar.update(self._task, advance=rows, rate=f"{speed:,.0f} rows/s" if speed else "")
+        self._bar.update(self._task, advance=rows, rate=f"{speed:,.0f} {self._unit}/s" if speed else "")
 
     def finish(self) -> None:
         self._bar.stop()
@@ -213,6 +215,92 @@ def analyze(
     report.render_checks(outcomes, console_err)
     if any(outcome.failed for outcome in outcomes):
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class StoreDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+@app.command()
+@handles_errors
+def extract(
+    out: str = typer.Option(..., "--out", "-o", help="The HDF5 store to write (its work folder OUT.partial/ holds finished "
+                            "chunks until the end).", metavar="PATH"),
+    model: str = typer.Option("builtin:lit-fmnist", "--model", "-m", help="hf:ORG/NAME or hf:/folder (CLIP, SigLIP...), "
+                              "st:/folder (text encoder), open_clip:ARCH@WEIGHTS, or builtin:lit-fmnist. See 'sdetool models'."),
+    images: Optional[str] = typer.Option(None, "--images", help="A folder of images (recursive; a captions.jsonl beside "
+                                         "them pairs each with a caption).", metavar="FOLDER"),
+    texts: Optional[str] = typer.Option(None, "--texts", help="A UTF-8 text file, one item per line.", metavar="FILE"),
+    manifest: Optional[str] = typer.Option(None, "--manifest", help="A CSV/TSV, JSONL or Parquet table of items "
+                                           "(image paths relative to it).", metavar="FILE"),
+    data: Optional[str] = typer.Option(None, "--data", help="Built-in data: builtin:fashion-mnist (test split, the default "
+                                       "when no source is given) or builtin:fashion-mnist:train.", metavar="NAME"),
+    id_col: Optional[str] = typer.Option(None, "--id-col", help="Manifest column of item ids (default: 'id', else the row number)."),
+    image_col: Optional[str] = typer.Option(None, "--image-col", help="Manifest column of image paths (default: image, path, file...)."),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Manifest column of texts (default: text, caption...)."),
+    device: str = typer.Option("auto", "--device", help="auto (a GPU when present), cpu, cuda or cuda:N."),
+    precision: Precision = typer.Option(Precision.fp32, "--precision", help="Compute precision (autocast); embeddings are "
+                                        "stored float32 unless --store-dtype float16."),
+    store_dtype: StoreDtype = typer.Option(StoreDtype.float32, "--store-dtype", help="Precision of the stored embeddings."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Items per model call.", min=1),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers decoding and preprocessing "
+                                              "images (default: one per spare core, at most 8; 0: in this process).", min=0),
+    normalize: bool = typer.Option(False, "--normalize/--no-normalize", help="L2-normalise embeddings before storing "
+                                   "(default: store what the model outputs)."),
+    tokens: bool = typer.Option(False, "--tokens", help="Also store the vision tower's patch-token grid, "
+                                "/<key>/tokens (n, h, w, c) float16."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable item instead of recording it in /<key>/failed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from another model or data."),
+    chunk_items: int = typer.Option(2048, "--chunk-items", help="Items per resumable chunk.", min=1),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON here ('-' for stdout).", metavar="PATH"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary table."),
+) -> None:
+    """Embed images and/or texts with a model into an HDF5 store (resumable; data-parallel under torchrun)."""
+    from sdetool import report
+    from sdetool.data.items import open_source
+    from sdetool.distributed import current_world
+    from sdetool.extract import ExtractOptions, extract as run_extract
+
+    report.check_output_path(json_path, "--json")
+    options = ExtractOptions(device=device, precision=precision.value, batch_size=batch_size, num_workers=num_workers,
+                             normalize=normalize, store_dtype=store_dtype.value, tokens=tokens, strict=strict,
+                             overwrite=overwrite, chunk_items=chunk_items)
+    options.validate()
+    source = open_source(images=images, texts=texts, manifest_path=manifest, data=data, columns=(id_col, image_col, text_col))
+    world = current_world()
+    console_err = _stderr()
+    progress = RichProgress(console_err, unit="items") if not quiet and world.is_main and console_err.is_terminal else None
+    result = run_extract(model, source, out, options, progress=progress)
+    if not world.is_main:
+        return
+    if json_path:
+        report.write_json(result.to_dict(), json_path)
+    if not quiet:
+        report.render_extract(result.to_dict(), console_err if json_path == "-" else Console())
+
+
+@app.command()
+@handles_errors
+def models(
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the list as JSON here ('-' for stdout).", metavar="PATH"),
+) -> None:
+    """List the model backends and built-in models, and whether each can load here."""
+    from sdetool import report
+    from sdetool.models import backend_status
+
+    rows = backend_status()
+    if json_path:
+        report.check_output_path(json_path, "--json")
+        report.write_json({"models": rows}, json_path)
+    if json_path != "-":
+        report.render_models(rows, Console())
 
 
 def main(argv: Optional[List[str]] = None) -> None:

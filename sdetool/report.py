@@ -125,3 +125,32 @@ def render_checks(results, console: Console) -> None:
         if result.failed:
             detail = escape(f"--fail-if {result.check.text!r}: {result.describe()}")
             console.print(f"[red]FAILED[/] {detail}", highlight=False, soft_wrap=True)
+
+
+def render_extract(document: dict, console: Console) -> None:
+    """Summary of an extraction: per set rows, dimension, failures; throughput; notes."""
+    table = Table(title=f"sdetool extract -> {escape(document['path'])} ({document['status']})", title_justify="left")
+    for column in ("set", "rows", "dim", "failed"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    for key, rows in document["rows"].items():
+        table.add_row(key, f"{rows:,}", str(document["dims"].get(key, "")), f"{document['failed'].get(key, 0):,}")
+    console.print(table)
+    line = f"{document['items']:,} items from {escape(document['data'])} with {escape(document['model'])} on {document['device']}"
+    if document["seconds"]:
+        line += f" in {document['seconds']:.1f} s ({document['items_per_second']:,.1f} items/s)"
+    if document["resumed_items"] and document["status"] == "written":
+        line += f"; resumed with {document['resumed_items']:,} items already done"
+    console.print(line)
+    for note in document.get("notes", []):
+        console.print(f"[dim]note: {escape(note)}[/]")
+
+
+def render_models(rows: list[dict], console: Console) -> None:
+    """The backends and built-in models, and whether each can load here."""
+    table = Table(title="sdetool models", title_justify="left")
+    for column in ("name", "kind", "available", "description"):
+        table.add_column(column)
+    for row in rows:
+        available = "[green]yes[/]" if row["available"] else f"[red]no[/] ({escape(row['reason'])})"
+        table.add_row(escape(row["name"]), row["kind"], available, escape(row["description"]))
+    console.print(table)

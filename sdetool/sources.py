@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sdetool.errors import BadInputError, UnknownKeyError
+from sdetool.errors import BadStoreError, BadInputError, UnknownKeyError
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -124,6 +124,11 @@ def open_spec(spec: str) -> dict[str, object]:
 
         matrices = {DEFAULT_KEY: builtin_matrix(path.removeprefix("builtin:"))}
     else:
+        from sdetool.checkpoint import incomplete_message
+
+        unfinished = incomplete_message(path) if not os.path.isfile(path) else None
+        if unfinished:  # an extraction still running, or interrupted: say how far it got
+            raise BadStoreError(unfinished)
         if not os.path.exists(path):
             raise BadInputError(f"{path}: no such file")
         if os.path.isdir(path):

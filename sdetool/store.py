@@ -30,6 +30,8 @@ FORMAT = "sdetool-embeddings"
 FORMAT_VERSION = 1
 EMBEDDINGS = "embeddings"
 IDS = "ids"
+TOKENS = "tokens"
+FAILED = "failed"
 STORE_DTYPES = ("float32", "float16")
 _TARGET_CHUNK_BYTES = 1 << 20  # 1 MiB HDF5 chunks: large enough for throughput, small for appends
 
@@ -59,10 +61,13 @@ def atomic_path(path: str) -> Iterator[str]:
 
 def open_file(path: str) -> h5py.File:
     """Open an HDF5 file read-only; a missing, non-HDF5 or damaged file raises :class:`BadStoreError`."""
-    if not os.path.exists(path):
-        raise BadStoreError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise BadStoreError(f"{path}: is a folder, expected an HDF5 file")
+    if not os.path.exists(path) or os.path.isdir(path):
+        from sdetool.checkpoint import incomplete_message
+
+        unfinished = incomplete_message(path)
+        if unfinished:
+            raise BadStoreError(unfinished)
+        raise BadStoreError(f"{path}: is a folder, expected an HDF5 file" if os.path.isdir(path) else f"{path}: no such file")
     if not h5py.is_hdf5(path):
         raise BadStoreError(f"{path}: not an HDF5 file (no HDF5 signature)")
     try:
@@ -218,6 +223,25 @@ def open_matrices(path: str, dataset: str | None = None) -> dict[str, H5Matrix]:
         handle.close()
 
 
+def read_root_attrs(path: str) -> dict:
+    """The file's root attributes (``format``, ``created_by``, ``extract_config``...)."""
+    handle = open_file(path)
+    try:
+        return {name: _decode(value) for name, value in handle.attrs.items()}
+    finally:
+        handle.close()
+
+
+def read_failed(path: str, key: str) -> list[tuple[str, str]]:
+    """The ``(id, reason)`` records of the items ``extract`` skipped for set ``key`` (empty when none)."""
+    handle = open_file(path)
+    try:
+        records = handle.get(f"{key}/{FAILED}")
+        return [] if records is None else [(_decode(r["id"]), _decode(r["reason"])) for r in records[()]]
+    finally:
+        handle.close()
+
+
 def read_ids(path: str, key: str) -> list[str] | None:
     """The ``ids`` of a set, or None when the set has none."""
     handle = open_file(path)
@@ -236,9 +260,12 @@ def _chunk_rows_for(dim: int, itemsize: int) -> int:
 
 
 class SetWriter:
-    """Appends rows (and ids) to one embedding set of an open :class:`StoreWriter`."""
+    """Appends rows (and ids, and patch tokens) to one embedding set of an open :class:`StoreWriter`."""
 
     def __init__(self, group: h5py.Group, dim: int, dtype: str, with_ids: bool, expected_rows: int | None = None) -> None:
+        self._group = group
+        self._expected_rows = expected_rows
+        self._tokens = None
         rows = _chunk_rows_for(dim, np.dtype(dtype).itemsize)
         if expected_rows:
             rows = max(1, min(rows, expected_rows))
@@ -268,6 +295,28 @@ class SetWriter:
                 raise ValueError(f"need {embeddings.shape[0]} ids for this block, got {0 if ids is None else len(ids)}")
             self._ids.resize(stop, axis=0)
             self._ids[start:stop] = list(ids)
+
+    def append_tokens(self, tokens: np.ndarray) -> None:
+        """Append the patch-token grids of a block of rows, shape ``(rows, h, w, c)``, stored float16."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 4:
+            raise ValueError(f"tokens must have shape (rows, h, w, c), got {tokens.shape}")
+        if self._tokens is None:
+            grid = tokens.shape[1:]
+            rows = int(max(1, min(1024, _TARGET_CHUNK_BYTES // max(1, 2 * int(np.prod(grid))))))
+            if self._expected_rows:
+                rows = max(1, min(rows, self._expected_rows))
+            self._tokens = self._group.create_dataset(TOKENS, shape=(0, *grid), maxshape=(None, *grid),
+                                                      dtype="float16", chunks=(rows, *grid))
+        start = self._tokens.shape[0]
+        self._tokens.resize(start + tokens.shape[0], axis=0)
+        self._tokens[start:] = tokens.astype(np.float16, copy=False)
+
+    def write_failed(self, records: list[tuple[str, str]]) -> None:
+        """Record the items that could not be embedded, as ``(id, reason)`` pairs."""
+        text = h5py.string_dtype("utf-8")
+        data = np.array([(str(i), str(r)) for i, r in records], dtype=[("id", text), ("reason", text)])
+        self._group.create_dataset(FAILED, data=data)
 
 
 class StoreWriter:
@@ -341,6 +390,12 @@ class StoreWriter:
         for name, value in merged.items():
             group.attrs[name] = value
         return SetWriter(group, dim, dtype, with_ids, expected_rows)
+
+    def set_attrs(self, attrs: dict) -> None:
+        """Set root attributes of the file (e.g. ``extract_config``)."""
+        assert self._handle is not None, "use StoreWriter as a context manager"
+        for name, value in attrs.items():
+            self._handle.attrs[name] = value
 
     def __exit__(self, kind, value, traceback) -> None:
         assert self._handle is not None, "StoreWriter was not entered"

@@ -1,0 +1,108 @@
+"""The protocol every model backend follows, and the helpers they share.
+
+An :class:`Encoder` turns images (already preprocessed into a tensor by its picklable
+``image_transform``, which runs in DataLoader workers) and texts into embeddings. It knows its
+output dimension, which modalities it has, and how to describe itself for provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from sdetool.errors import UnknownModelError
+
+# Files larger than this are fingerprinted by size and their first and last MiB, not read whole.
+_FULL_HASH_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    """Embeddings of one batch of images: ``embeddings`` (B, d) and, on request, ``tokens`` (B, h, w, c)."""
+
+    embeddings: "object"
+    tokens: "object | None" = None
+
+
+@dataclass
+class Encoder:
+    """Base class of the model backends.
+
+    Attributes
+    ----------
+    spec : str
+        The model spec the user gave (``hf:...``, ``st:...``, ``builtin:...``).
+    backend : str
+        The backend's name.
+    dim : int
+        Embedding dimension (both modalities share it).
+    modalities : tuple of str
+        ``("image", "text")`` for a dual encoder, ``("text",)`` for a text encoder.
+    provenance : dict
+        Flat attributes recorded on every set written with this model (revision or folder hash,
+        pooling, preprocessing settings...).
+    """
+
+    spec: str
+    backend: str
+    dim: int
+    modalities: tuple[str, ...]
+    provenance: dict = field(default_factory=dict)
+
+    def to(self, device) -> "Encoder":  # pragma: no cover - every backend overrides it
+        raise NotImplementedError
+
+    def image_transform(self):
+        """A picklable callable ``PIL.Image -> Tensor (C, H, W)`` (the model's own preprocessing)."""
+        raise UnknownModelError(f"{self.spec}: this {self.backend} model has no image tower (text only)")
+
+    def encode_images(self, pixels, tokens: bool = False) -> ImageOutput:
+        """Embed a batch of preprocessed images, shape (B, C, H, W), already on the model's device."""
+        raise UnknownModelError(f"{self.spec}: this {self.backend} model has no image tower (text only)")
+
+    def encode_texts(self, texts: list[str]):  # pragma: no cover - every backend overrides it
+        """Embed a list of strings; returns a tensor (B, d) on the model's device."""
+        raise NotImplementedError
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether ``encode_images(..., tokens=True)`` can return a patch-token grid."""
+        return False
+
+
+def folder_fingerprint(folder: str) -> str:
+    """A SHA-256 over a model folder: every file's relative path, size and content.
+
+    Files over 64 MiB contribute their size and their first and last MiB (hashing multi-GB weights
+    in full would cost more than the extraction); the docs say so.
+    """
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            digest.update(f"{os.path.relpath(path, folder)}\0{size}\0".encode())
+            with open(path, "rb") as handle:
+                if size <= _FULL_HASH_BYTES:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                else:
+                    digest.update(handle.read(_EDGE_BYTES))
+                    handle.seek(size - _EDGE_BYTES)
+                    digest.update(handle.read(_EDGE_BYTES))
+    return "sha256:" + digest.hexdigest()
+
+
+def hub_error(spec: str, name: str, error: BaseException) -> UnknownModelError:
+    """The message for a hub id that cannot be loaded (typically: offline)."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return UnknownModelError(
+        f"{spec}: {name!r} is not a local folder and could not be loaded from the Hugging Face hub "
+        f"(offline or unknown id: {reason[:160]}); download it where there is a network and pass the "
+        "local folder, e.g. --model hf:/path/to/folder"
+    )
