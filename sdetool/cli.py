@@ -277,7 +277,13 @@ def extract(
     world = current_world()
     console_err = _stderr()
     progress = RichProgress(console_err, unit="items") if not quiet and world.is_main and console_err.is_terminal else None
-    result = run_extract(model, source, out, options, progress=progress)
+    try:
+        result = run_extract(model, source, out, options, progress=progress)
+    except KeyboardInterrupt:
+        from sdetool.checkpoint import incomplete_message
+
+        kept = incomplete_message(out)
+        fail(f"interrupted; {kept.split(': ', 1)[1] if kept else 'nothing was written'}", 130)
     if not world.is_main:
         return
     if json_path:

@@ -148,9 +148,10 @@ def render_extract(document: dict, console: Console) -> None:
 def render_models(rows: list[dict], console: Console) -> None:
     """The backends and built-in models, and whether each can load here."""
     table = Table(title="sdetool models", title_justify="left")
-    for column in ("name", "kind", "available", "description"):
-        table.add_column(column)
+    for column in ("name", "available", "description"):
+        table.add_column(column, no_wrap=column == "name")
     for row in rows:
-        available = "[green]yes[/]" if row["available"] else f"[red]no[/] ({escape(row['reason'])})"
-        table.add_row(escape(row["name"]), row["kind"], available, escape(row["description"]))
+        available = "[green]yes[/]" if row["available"] else "[red]no[/]"
+        description = escape(row["description"]) + (f"\n[red]unavailable: {escape(row['reason'])}[/]" if row["reason"] else "")
+        table.add_row(escape(row["name"]), available, description)
     console.print(table)

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-PURE = ["sdetool.rmt", "sdetool.spectrum", "sdetool.metrics", "sdetool.gram", "sdetool.checks", "sdetool.data.synthetic"]
+PURE = ["sdetool.rmt", "sdetool.spectrum", "sdetool.metrics", "sdetool.gram", "sdetool.checks", "sdetool.data.synthetic",
+        "sdetool.checkpoint", "sdetool.data.fashion_mnist", "sdetool.data.items", "sdetool.models", "sdetool.models.base"]
 FORBIDDEN = ["h5py", "typer", "rich", "matplotlib", "torch", "pandas"]
 
 
@@ -21,9 +22,15 @@ def test_math_modules_import_no_io_ui_or_framework(module):
     assert not loaded & set(FORBIDDEN), f"{module} pulls in {sorted(loaded & set(FORBIDDEN))}"
 
 
-def test_cli_help_imports_no_numerics():
-    loaded = _loaded_after("from sdetool.cli import app; from typer.testing import CliRunner; CliRunner().invoke(app, ['analyze', '--help'])")
-    assert not loaded & {"numpy", "scipy", "h5py", "torch", "pandas", "matplotlib"}
+@pytest.mark.parametrize("command", ["analyze", "extract", "models"])
+def test_cli_help_imports_no_numerics(command):
+    loaded = _loaded_after(f"from sdetool.cli import app; from typer.testing import CliRunner; CliRunner().invoke(app, ['{command}', '--help'])")
+    assert not loaded & {"numpy", "scipy", "h5py", "torch", "pandas", "matplotlib", "transformers"}
+
+
+def test_model_modules_import_torch_and_transformers_lazily():
+    loaded = _loaded_after("import sdetool.models.lit, sdetool.models.hf, sdetool.models.st, sdetool.models.openclip, sdetool.extract")
+    assert not loaded & {"torch", "transformers", "h5py"}
 
 
 def test_python_dash_m_runs_the_cli():

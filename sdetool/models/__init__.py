@@ -88,6 +88,12 @@ def _quiet_transformers() -> None:
         return
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    try:  # the hub client logs every failed request of an offline lookup; our error says it once
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def backend_status() -> list[dict]:
@@ -106,7 +112,7 @@ def backend_status() -> list[dict]:
             try:
                 import_open_clip()
             except UnknownModelError as error:
-                available, reason = False, str(error)
+                available, reason = False, str(error).split(": ", 1)[-1].split(" (pip install")[0]
         rows.append({"name": backend + ":", "kind": "backend", "description": description, "available": available,
                      "reason": reason})
     for name, description in BUILTINS.items():
