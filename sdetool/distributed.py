@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sdetool.errors import BadInputError, SdetoolError
 from sdetool.gram import GramState, RowSample
 
 
@@ -106,3 +107,40 @@ def _gather_samples(state: GramState) -> tuple[np.ndarray | None, np.ndarray | N
     for sample, keys in gathered:
         merged.add(keys, sample)
     return merged.sorted()
+
+
+def on_main(world: World, work):
+    """Run ``work`` on rank 0 only and give every rank its result (or its error)."""
+    if not world.distributed:
+        return work()
+    import torch.distributed as dist
+
+    message = [None, None]
+    if world.is_main:
+        try:
+            message = [work(), None]
+        except SdetoolError as error:
+            message = [None, str(error)]
+    dist.broadcast_object_list(message, src=0)
+    if message[1] is not None:
+        raise BadInputError(message[1])
+    return message[0]
+
+
+def on_every_rank(world: World, work) -> None:
+    """Run ``work`` on every rank; if any rank fails, every rank raises (nobody waits forever)."""
+    if not world.distributed:
+        work()
+        return
+    import torch.distributed as dist
+
+    error_text = None
+    try:
+        work()
+    except SdetoolError as error:
+        error_text = str(error)
+    statuses: list = [None] * world.size
+    dist.all_gather_object(statuses, error_text)
+    failures = [s for s in statuses if s is not None]
+    if failures:
+        raise BadInputError(failures[0])

@@ -413,7 +413,7 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     UnknownModelError
         A model spec no backend can load.
     """
-    from sdetool.distributed import current_world
+    from sdetool.distributed import current_world, on_every_rank, on_main
     from sdetool.models import load_model
 
     options.validate()
@@ -424,13 +424,13 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     keys, notes = _modalities(encoder, source, options.tokens)
     config = run_config(encoder, source, keys, options)
     folder = WorkFolder(out)
-    decision = _shared(world, lambda: _preflight(out, config, options))
+    decision = on_main(world, lambda: _preflight(out, config, options))
     if decision[0] == "done":
         return _existing(out, source, keys, encoder, notes)
     plan = _plan(len(source), options.chunk_items)
     if world.is_main and decision[0] == "fresh":
         folder.create({"config": config, "chunks": len(plan), "chunk_items": options.chunk_items, "items": len(source)})
-    _shared(world, lambda: None)  # everyone waits for the work folder
+    on_main(world, lambda: None)  # everyone waits for the work folder
     device = resolve_torch_device(options.device, int(os.environ.get("LOCAL_RANK", "0") or 0))
     done = folder.done()
     mine = [(index, items) for index, items in enumerate(plan) if index % world.size == world.rank and index not in done]
@@ -438,10 +438,10 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     embedder = _Embedder(encoder.to(device), device, options)
     progress.start(f"embedding {source.describe()}", sum(len(items) for _, items in mine))
     try:
-        _each_rank(world, lambda: _embed_chunks(embedder, source, keys, mine, folder, _workers(options, world.size), progress))
+        on_every_rank(world, lambda: _embed_chunks(embedder, source, keys, mine, folder, _workers(options, world.size), progress))
     finally:
         progress.finish()
-    rows, failed = _shared(world, lambda: _assemble(out, folder, source, keys, encoder, config,
+    rows, failed = on_main(world, lambda: _assemble(out, folder, source, keys, encoder, config,
                                                     _provenance(encoder, source, options, device)))
     return ExtractResult(path=out, status="written", items=len(source), rows=rows, failed=failed,
                          dims={key: encoder.dim for key in keys}, resumed_items=resumed,
@@ -458,40 +458,3 @@ def _existing(out: str, source: ItemSource, keys: list[str], encoder, notes: lis
     return ExtractResult(path=out, status="already complete", items=len(source), rows=rows, failed=failed,
                          dims={key: encoder.dim for key in keys}, resumed_items=len(source), model=encoder.spec,
                          data=source.location, notes=notes + ["nothing to do: the output is complete"])
-
-
-def _shared(world, work):
-    """Run ``work`` on rank 0 only and give every rank its result (or its error)."""
-    if not world.distributed:
-        return work()
-    import torch.distributed as dist
-
-    message = [None, None]
-    if world.is_main:
-        try:
-            message = [work(), None]
-        except SdetoolError as error:
-            message = [None, str(error)]
-    dist.broadcast_object_list(message, src=0)
-    if message[1] is not None:
-        raise BadInputError(message[1])
-    return message[0]
-
-
-def _each_rank(world, work) -> None:
-    """Run ``work`` on every rank; if any rank fails, every rank raises (nobody waits forever)."""
-    if not world.distributed:
-        work()
-        return
-    import torch.distributed as dist
-
-    error_text = None
-    try:
-        work()
-    except SdetoolError as error:
-        error_text = str(error)
-    statuses: list = [None] * world.size
-    dist.all_gather_object(statuses, error_text)
-    failures = [s for s in statuses if s is not None]
-    if failures:
-        raise BadInputError(failures[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from sdetool.errors import UnknownModelError
@@ -27,7 +28,7 @@ class ImageOutput:
 
 
 @dataclass
-class Encoder:
+class Encoder(ABC):
     """Base class of the model backends.
 
     Attributes
@@ -51,8 +52,9 @@ class Encoder:
     modalities: tuple[str, ...]
     provenance: dict = field(default_factory=dict)
 
-    def to(self, device) -> "Encoder":  # pragma: no cover - every backend overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def to(self, device) -> "Encoder":
+        """Move the model to ``device``; returns itself."""
 
     def image_transform(self):
         """A picklable callable ``PIL.Image -> Tensor (C, H, W)`` (the model's own preprocessing)."""
@@ -62,9 +64,9 @@ class Encoder:
         """Embed a batch of preprocessed images, shape (B, C, H, W), already on the model's device."""
         raise UnknownModelError(f"{self.spec}: this {self.backend} model has no image tower (text only)")
 
-    def encode_texts(self, texts: list[str]):  # pragma: no cover - every backend overrides it
+    @abstractmethod
+    def encode_texts(self, texts: list[str]):
         """Embed a list of strings; returns a tensor (B, d) on the model's device."""
-        raise NotImplementedError
 
     @property
     def has_tokens(self) -> bool:

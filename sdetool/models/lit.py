@@ -24,6 +24,11 @@ EMBED_DIM = 256
 TEXT_DIM = 384
 
 
+def standardize_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 grayscale pixels (any shape) -> float32, scaled to [0, 1] and standardised."""
+    return (pixels.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
 class GrayscaleTransform:
     """``PIL.Image -> Tensor (1, 28, 28)``: grayscale, bilinear resize to 28x28, standardised."""
 
@@ -34,8 +39,7 @@ class GrayscaleTransform:
         image = image.convert("L")
         if image.size != (IMAGE_SIZE, IMAGE_SIZE):
             image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        return torch.from_numpy((pixels - PIXEL_MEAN) / PIXEL_STD).unsqueeze(0)
+        return torch.from_numpy(standardize_pixels(np.asarray(image))).unsqueeze(0)
 
 
 def build_network(embed_dim: int = EMBED_DIM, text_dim: int = TEXT_DIM):

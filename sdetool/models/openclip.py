@@ -16,7 +16,7 @@ def import_open_clip():
     """The ``open_clip`` module, or :class:`UnknownModelError` saying why it is unavailable."""
     try:
         import open_clip
-    except Exception as error:  # an ImportError, or torchvision failing to register its operators
+    except (ImportError, RuntimeError, OSError, AttributeError) as error:  # torchvision may fail to register its ops
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UnknownModelError(f"the open_clip backend is unavailable here: {reason} "
                                 "(pip install open_clip_torch with a matching torchvision)") from None

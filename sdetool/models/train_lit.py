@@ -52,15 +52,13 @@ def standardize(images: np.ndarray):
     """uint8 (n, 28, 28) -> float tensor (n, 1, 28, 28), as ``GrayscaleTransform`` does."""
     import torch
 
-    from sdetool.models.lit import PIXEL_MEAN, PIXEL_STD
+    from sdetool.models.lit import standardize_pixels
 
-    pixels = images.astype(np.float32) / 255.0
-    return torch.from_numpy((pixels - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
+    return torch.from_numpy(standardize_pixels(images)).unsqueeze(1)
 
 
 def contrastive_loss(image_embeddings, text_embeddings, labels, logit_scale):
     """Symmetric cross-entropy with every same-class pair as a positive. Inputs are unit rows (B, d)."""
-    import torch
     import torch.nn.functional as F
 
     logits = logit_scale.exp() * image_embeddings @ text_embeddings.T  # (B, B)
