@@ -74,7 +74,8 @@ class WorkFolder:
 
     def done(self) -> set[int]:
         """Indices of the chunks already written."""
-        return {int(os.path.basename(p)[6:12]) for p in glob.glob(os.path.join(self.path, "chunk-[0-9]*.npz"))}
+        names = (os.path.basename(p) for p in glob.glob(os.path.join(self.path, "chunk-*.npz")))
+        return {int(name[len("chunk-"):-len(".npz")]) for name in names if name[len("chunk-"):-len(".npz")].isdigit()}
 
     def write_chunk(self, index: int, chunk: Chunk) -> None:
         arrays = {"rows": np.asarray(chunk.rows, dtype=np.int64),
@@ -119,7 +120,8 @@ def _atomic_write(path: str, write) -> None:
 
 def incomplete_message(path: str) -> str | None:
     """When ``path`` is an extraction output not yet finished (or its work folder), say so; else None."""
-    folder = WorkFolder(path[: -len(SUFFIX)] if path.rstrip("/").endswith(SUFFIX) else path)
+    path = path.rstrip("/") or path
+    folder = WorkFolder(path[: -len(SUFFIX)] if path.endswith(SUFFIX) else path)
     if not folder.exists():
         return None
     try:

@@ -41,9 +41,9 @@ def test_load_image_decodes_png_and_jpeg(tmp_path):
     write_image(tmp_path / "y.jpg", seed=4, size=(16, 8))
     write_image(tmp_path / "g.png", seed=5, size=(7, 9), mode="L")
     source = image_folder(str(tmp_path))
-    assert source.ids == ["g.png", "y.jpg", "sub/x.png"]
+    assert source.ids == ["g.png", "sub/x.png", "y.jpg"]  # one global sort of the ids
     images = [source.load_image(i) for i in range(len(source))]
-    assert [image.size for image in images] == [(9, 7), (8, 16), (12, 10)]  # PIL sizes are (width, height)
+    assert [image.size for image in images] == [(9, 7), (12, 10), (8, 16)]  # PIL sizes are (width, height)
     assert images[0].mode == "L" and images[2].mode == "RGB"
     expected = np.random.default_rng(3).integers(0, 256, (10, 12, 3), dtype=np.uint8)
     np.testing.assert_array_equal(np.asarray(images[2]), expected)  # PNG is lossless
@@ -120,6 +120,12 @@ def test_text_file_keeps_non_blank_lines_with_their_line_numbers(tmp_path):
     assert source.notes == ["3 blank lines skipped"]
 
 
+def test_text_file_drops_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_text("hello\nworld\n", encoding="utf-8-sig")
+    assert text_file(str(path)).texts == ["hello", "world"]
+
+
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
 def test_empty_text_file_is_refused(tmp_path, content):
     path = tmp_path / "empty.txt"
@@ -169,6 +175,16 @@ def test_manifest_formats_detect_columns_and_missing_texts(tmp_path, monkeypatch
     assert source.image_paths == [os.path.join(str(data), "pics", name) for name in ("a.png", "b.png", "c.png")]
     assert source.texts == ["an apple", None, "a cherry"]
     assert source.template == "column caption"
+
+
+def test_empty_image_cell_is_reported_as_such(tmp_path):
+    rows = [{"id": "a", "image": "a.png", "text": "x"}, {"id": "b", "image": "", "text": "y"}]
+    write_image(tmp_path / "a.png", seed=0)
+    source = manifest(_write_manifest(tmp_path, ".csv", rows))
+    assert source.load_image(0).size == (24, 20)
+    with pytest.raises(ItemError) as caught:
+        source.load_image(1)
+    assert "empty" in str(caught.value) or "no image" in str(caught.value)
 
 
 def test_manifest_without_id_column_numbers_rows_and_takes_named_columns(tmp_path):

@@ -11,10 +11,11 @@ import pytest
 import torch
 from extract_fixtures import TINY_CLIP, build_tiny_clip, minilm_folder, write_image
 
+import sdetool.models
 from sdetool.errors import UnknownModelError
 from sdetool.models import BACKENDS, BUILTINS, ModelSpec, backend_status, load_model, parse_spec
 
-LIT_CARD = os.path.join(os.path.dirname(__import__("sdetool.models.lit").models.lit.__file__), "lit_fmnist.json")
+LIT_CARD = os.path.join(os.path.dirname(sdetool.models.__file__), "lit_fmnist.json")
 SENTENCES = ["a photo of a sneaker.", "hi", "a much longer sentence about a grey wool coat hanging on a door.", "hi"]
 
 
@@ -126,16 +127,12 @@ def test_sentence_config_from_folder_metadata(tmp_path):
     assert read_sentence_config(minilm_folder()) == SentenceConfig("mean", True, 256)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG: SentenceEncoder catches only OSError; for a folder "
-                   "without a model AutoTokenizer raises ValueError, which escapes as an internal error (hf: catches both)")
 def test_st_folder_that_is_not_a_model_is_refused(tmp_path):
     (tmp_path / "readme.txt").write_text("nothing here")
     with pytest.raises(UnknownModelError, match="is not a transformers model folder"):
         load_model(f"st:{tmp_path}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: st: with a missing absolute folder is treated as a hub id (hf: says "
-                   "'folder ... does not exist') and its hint names the hf: backend")
 def test_st_missing_folder_says_it_does_not_exist(tmp_path):
     with pytest.raises(UnknownModelError) as caught:
         load_model(f"st:{tmp_path}/missing")
@@ -207,9 +204,6 @@ def test_hf_image_transform_is_the_models_processor(tiny_clip, tmp_path):
     assert torch.equal(pickle.loads(pickle.dumps(encoder.image_transform()))(image), pixels)  # DataLoader workers
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: HFDualEncoder.encode_images(tokens=True): the forward hook returns the "
-                   "captured tensor, which replaces the vision tower's output, so get_image_features fails with "
-                   "AttributeError: 'Tensor' object has no attribute 'pooler_output'")
 def test_hf_token_grid_is_the_vision_states_without_cls(tiny_clip):
     _, encoder, reference = tiny_clip
     pixels = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32))
@@ -301,7 +295,7 @@ def test_lit_zero_shot_accuracy_matches_its_card(lit, card):
     assert accuracy == pytest.approx(card["results"]["zero_shot_accuracy_test"], abs=0.002)
 
 
-def test_lit_short_training_run_learns(monkeypatch):
+def test_lit_short_training_run_learns():
     from sdetool.models.train_lit import Recipe, train
 
     threads = torch.get_num_threads()
@@ -341,4 +335,4 @@ def test_backend_status_lists_every_backend_and_builtin():
         assert row["description"] and (row["available"] or row["reason"])
     assert rows["open_clip:"]["available"] is OPEN_CLIP
     if not OPEN_CLIP:
-        assert "open_clip backend is unavailable here" in rows["open_clip:"]["reason"]
+        assert "open_clip" in rows["open_clip:"]["reason"]  # e.g. No module named 'open_clip'

@@ -101,6 +101,8 @@ class ItemSource:
         if self.pixels is not None:
             return Image.fromarray(self.pixels[index], mode="L") if self.pixels.ndim == 3 else Image.fromarray(self.pixels[index])
         path = self.image_paths[index]
+        if not path:
+            raise ItemError("no image: the manifest's image cell is empty")
         try:
             image = Image.open(path)
             image.load()  # decode now: a truncated file fails here, not later in a worker's transform
@@ -138,6 +140,7 @@ def image_folder(folder: str) -> ItemSource:
     """
     if not os.path.isdir(folder):
         raise BadInputError(f"--images {folder}: no such folder")
+    folder = os.path.abspath(folder)  # the same folder is the same job, however it was typed
     ids, paths, skipped = [], [], 0
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -152,6 +155,7 @@ def image_folder(folder: str) -> ItemSource:
             ids.append(os.path.relpath(path, folder).replace(os.sep, "/"))
     if not ids:
         raise BadInputError(f"--images {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    ids, paths = (list(column) for column in zip(*sorted(zip(ids, paths))))
     captions_path = os.path.join(folder, CAPTIONS_FILE)
     texts = _read_captions(captions_path, ids) if os.path.exists(captions_path) else None
     notes = [f"{skipped} files without an image extension were not listed"] if skipped else []
@@ -183,9 +187,10 @@ def text_file(path: str) -> ItemSource:
     """One text per non-blank line of a UTF-8 file; id = ``line-N`` (1-based line number)."""
     if not os.path.isfile(path):
         raise BadInputError(f"--texts {path}: no such file")
+    path = os.path.abspath(path)
     ids, texts, blank = [], [], 0
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not text
             for number, line in enumerate(handle, start=1):
                 text = line.rstrip("\r\n")
                 if not text.strip():
@@ -206,6 +211,7 @@ def manifest(path: str, id_column: str | None = None, image_column: str | None =
     Without explicit columns, ``image``/``path``/``file``... and ``text``/``caption``... are looked for.
     """
     frame = _read_table(path)
+    path = os.path.abspath(path)
     columns = [str(c) for c in frame.columns]
 
     def pick(given: str | None, candidates: tuple[str, ...], option: str) -> str | None:

@@ -55,6 +55,8 @@ def parse_spec(spec: str) -> ModelSpec:
         if rest not in BUILTINS:
             raise UnknownModelError(f"--model {spec!r}: no such built-in model; {_available()}")
         return ModelSpec(backend, rest)
+    if rest.startswith(("/", "./", "../", "~")):  # a folder: an '@' in it is part of the path
+        return ModelSpec(backend, rest)
     name, at, revision = rest.rpartition("@") if "@" in rest else (rest, "", "")
     return ModelSpec(backend, name if at else rest, revision or None)
 

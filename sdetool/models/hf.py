@@ -104,9 +104,10 @@ class HFDualEncoder(Encoder):
         captured: dict = {}
         hook = None
         if tokens:
-            hook = self.model.vision_model.register_forward_hook(
-                lambda module, inputs, output: captured.setdefault("states", output.last_hidden_state if hasattr(
-                    output, "last_hidden_state") else output[0]))
+            def keep_states(module, inputs, output) -> None:  # returns None: the output is left as it is
+                captured["states"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+            hook = self.model.vision_model.register_forward_hook(keep_states)
         try:
             embeddings = _features(self.model.get_image_features(pixel_values=pixels))
         finally:

@@ -68,11 +68,14 @@ class SentenceEncoder(Encoder):
     def __init__(self, spec: str, folder: str, config: SentenceConfig | None = None, revision: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
+        folder = os.path.expanduser(folder)
         local = os.path.isdir(folder)
+        if not local and folder.startswith(("/", "./", "../")):
+            raise UnknownModelError(f"{spec}: folder {folder} does not exist")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder, revision=revision)
             self.model = AutoModel.from_pretrained(folder, revision=revision).eval()
-        except OSError as error:
+        except (OSError, ValueError) as error:
             if local:
                 raise UnknownModelError(f"{spec}: {folder} is not a transformers model folder: {error}") from None
             raise hub_error(spec, folder, error) from None
