@@ -44,9 +44,9 @@ def test_load_image_decodes_png_and_jpeg(tmp_path):
     assert source.ids == ["g.png", "sub/x.png", "y.jpg"]  # one global sort of the ids
     images = [source.load_image(i) for i in range(len(source))]
     assert [image.size for image in images] == [(9, 7), (12, 10), (8, 16)]  # PIL sizes are (width, height)
-    assert images[0].mode == "L" and images[2].mode == "RGB"
+    assert images[0].mode == "L" and images[1].mode == "RGB"
     expected = np.random.default_rng(3).integers(0, 256, (10, 12, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(np.asarray(images[2]), expected)  # PNG is lossless
+    np.testing.assert_array_equal(np.asarray(images[1]), expected)  # PNG is lossless
 
 
 def test_load_image_reports_unreadable_files(tmp_path):
