@@ -420,6 +420,7 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     progress = progress or Progress()
     started = time.perf_counter()
     world = current_world()
+    device = resolve_torch_device(options.device, int(os.environ.get("LOCAL_RANK", "0") or 0))
     encoder = load_model(model)
     keys, notes = _modalities(encoder, source, options.tokens)
     config = run_config(encoder, source, keys, options)
@@ -431,7 +432,6 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     if world.is_main and decision[0] == "fresh":
         folder.create({"config": config, "chunks": len(plan), "chunk_items": options.chunk_items, "items": len(source)})
     on_main(world, lambda: None)  # everyone waits for the work folder
-    device = resolve_torch_device(options.device, int(os.environ.get("LOCAL_RANK", "0") or 0))
     done = folder.done()
     mine = [(index, items) for index, items in enumerate(plan) if index % world.size == world.rank and index not in done]
     resumed = sum(len(items) for index, items in enumerate(plan) if index in done)
