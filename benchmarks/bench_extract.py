@@ -3,7 +3,7 @@
 
 One run measures, on this machine and in this order:
 
-1. Data: ``--images`` JPEG files (default 4,000; ``--quick`` 512) of 256-500 px on the long side,
+1. Data: ``--images`` JPEG files (default 10,000; ``--quick`` 512) of 256-500 px on the long side,
    cut from the photograph ``grace_hopper.jpg`` that matplotlib ships (random crops, scales, flips
    and colour gains; seeded), written into a folder; the ViT-B/32 CLIP gets the first
    ``--clip-images`` of the same sequence in a folder of its own. Without the photograph, seeded
@@ -22,7 +22,10 @@ One run measures, on this machine and in this order:
      times are summed separately.
    - ``sdetool.extract.extract(spec, image_folder(folder), out.h5, ExtractOptions(...))`` with the
      same device, precision and batch size: default workers (``num_workers=None``: one per spare
-     core), ``num_workers=0`` and ``num_workers=2`` (a worker count already covered is skipped).
+     core), ``num_workers=0`` and ``num_workers=2`` (a worker count already covered is skipped), and
+     ``num_workers=2`` with this process's torch intra-op threads set to 1 for the call
+     (``--thread-variants``; what ``OMP_NUM_THREADS=1 sdetool extract --num-workers 2`` does), which
+     shows what the workers and the model's threads cost each other on a small machine.
 
    Both sides are timed end to end (model load to file written) and over the embedding loop alone
    (plain: the batches; sdetool: from its progress ``start`` to ``finish``, which leaves out model
@@ -37,7 +40,7 @@ that total) for an idle machine before each timed run.
 
 Run from the repository root::
 
-    python benchmarks/bench_extract.py                    # full CPU run (about 10 min on 2 cores)
+    python benchmarks/bench_extract.py                    # full CPU run (about 12 min on 2 cores)
     python benchmarks/bench_extract.py --quick            # smoke run (about 1 min)
     python benchmarks/bench_extract.py --device cuda --precision fp16 --clip-images 20000 --skip-builtin
 
@@ -205,13 +208,6 @@ def _autocast(device: str, precision: str):
     return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=getattr(torch, PRECISIONS[precision]))
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def plain_loop(spec: str, paths: list[str], batch_size: int, device: str, precision: str, out: str) -> dict:
     """Decode, preprocess and embed in the main process, batch after batch; save the matrix."""
     import torch
@@ -248,17 +244,24 @@ def plain_loop(spec: str, paths: list[str], batch_size: int, device: str, precis
             "matrix": matrix}
 
 
-def sdetool_run(spec: str, folder: str, out: str, options: ExtractOptions) -> dict:
-    """One ``extract`` call into a fresh store; the embeddings come back for the check."""
+def sdetool_run(spec: str, folder: str, out: str, options: ExtractOptions, threads: int | None = None) -> dict:
+    """One ``extract`` call into a fresh store (with ``threads``: torch intra-op threads of this process
+    set to that for the call); the embeddings come back for the check."""
     import h5py
+    import torch
 
     if os.path.exists(out):
         os.remove(out)
     timeline = Timeline()
     source = image_folder(folder)
-    start = time.perf_counter()
-    result = extract(spec, source, out, options, timeline)
-    end = time.perf_counter()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        start = time.perf_counter()
+        result = extract(spec, source, out, options, timeline)
+        end = time.perf_counter()
+    finally:
+        torch.set_num_threads(previous)
     with h5py.File(out, "r") as handle:
         matrix = handle["image/embeddings"][...]
         ids = [x.decode() if isinstance(x, bytes) else str(x) for x in handle["image/ids"][()]]
@@ -310,13 +313,15 @@ def max_abs_diff(reference: np.ndarray, other: np.ndarray) -> float:
 # --- one model -----------------------------------------------------------------------------------
 
 
-def variants(args) -> list[tuple[str, int | None]]:
-    """(label, num_workers) of the sdetool runs; a worker count already covered is skipped."""
+def variants(args) -> list[tuple[str, int | None, int | None]]:
+    """(label, num_workers, torch threads of the main process or None) of the sdetool runs."""
     auto = _workers(ExtractOptions(), 1)
-    chosen = [(f"sdetool extract, auto workers ({auto})", None)]
+    chosen = [(f"sdetool extract, auto workers ({auto})", None, None)]
     for count in args.workers:
-        if count != auto and all(count != c for _, c in chosen):
-            chosen.append((f"sdetool extract, num_workers={count}", count))
+        if count != auto and all(count != c for _, c, _ in chosen):
+            chosen.append((f"sdetool extract, num_workers={count}", count, None))
+    for workers, threads in args.thread_variants:
+        chosen.append((f"sdetool extract, num_workers={workers}, main torch threads {threads}", workers, threads))
     return chosen
 
 
@@ -325,27 +330,27 @@ def bench_model(args, label: str, spec: str, folder: str, scratch: str, summary:
     paths = source.image_paths
     n = len(paths)
     runs = variants(args)
-    options = {workers: ExtractOptions(device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                       num_workers=workers, chunk_items=args.chunk_items, overwrite=True)
-               for _, workers in runs}
+    options = {name: ExtractOptions(device=args.device, precision=args.precision, batch_size=args.batch_size,
+                                    num_workers=workers, chunk_items=args.chunk_items, overwrite=True)
+               for name, workers, _ in runs}
     log(f"\n--- {label}: {spec if not spec.startswith('hf:') else 'hf:<temporary folder>'} ---")
     log(f"{n} images in {folder}, batch {args.batch_size}, device {args.device}, precision {args.precision}")
     warm_page_cache(paths)
     npy = os.path.join(scratch, "plain.npy")
     out = os.path.join(scratch, "sdetool.h5")
-    # warm-up: every variant once on the first two batches (torch kernels, imports, model files)
+    # warm-up: every variant once on the first batch (torch kernels, imports, model files)
     warm_folder = os.path.join(scratch, f"warmup-{label}")
     os.makedirs(warm_folder, exist_ok=True)
-    for path in paths[: 2 * args.batch_size]:
+    for path in paths[: args.batch_size]:
         target = os.path.join(warm_folder, os.path.basename(path))
         if not os.path.exists(target):
             shutil.copyfile(path, target)
     start = time.perf_counter()
     plain_loop(spec, sorted(os.path.join(warm_folder, f) for f in os.listdir(warm_folder) if f.endswith(".jpg")),
                args.batch_size, args.device, args.precision, npy)
-    for _, workers in runs:
-        sdetool_run(spec, warm_folder, out, options[workers])
-    log(f"warm-up (every variant on {min(n, 2 * args.batch_size)} images): {time.perf_counter() - start:.1f} s")
+    for name, _, threads in runs:
+        sdetool_run(spec, warm_folder, out, options[name], threads)
+    log(f"warm-up (every variant on {min(n, args.batch_size)} images): {time.perf_counter() - start:.1f} s")
 
     meter = LoadMeter()
     rounds = []
@@ -358,10 +363,10 @@ def bench_model(args, label: str, spec: str, folder: str, scratch: str, summary:
         reference = entry.pop("plain")
         entry["plain"] = {k: v for k, v in reference.items() if k != "matrix"}
         line = [f"round {index + 1}: plain {n / reference['total']:7.1f} img/s ({fmt_load(entry['plain_other'])})"]
-        for name, workers in runs:
+        for name, _, threads in runs:
             wait_quiet()
             meter.reset()
-            run = sdetool_run(spec, folder, out, options[workers])
+            run = sdetool_run(spec, folder, out, options[name], threads)
             other = meter.foreign_cores()
             if run["ids"] != source.ids or run["rows"] != n:
                 raise SystemExit(f"{name}: the store's ids or rows differ from the folder's ({run['rows']} of {n})")
@@ -369,7 +374,7 @@ def bench_model(args, label: str, spec: str, folder: str, scratch: str, summary:
             run.pop("ids")
             run["other_cores"] = other
             entry[name] = run
-            line.append(f"{name.split(', ')[1]} {n / run['total']:7.1f} img/s ({fmt_load(other)})")
+            line.append(f"{name.split(', ', 1)[1]} {n / run['total']:7.1f} img/s ({fmt_load(other)})")
         rounds.append(entry)
         log(" | ".join(line) + "   (other processes' cores in brackets)")
     return report_model(args, label, n, runs, rounds, summary)
@@ -390,7 +395,7 @@ def report_model(args, label: str, n: int, runs: list, rounds: list, summary: li
                      "", "", "", ""))
     out = {"images": n, "plain_total_median": plain_total, "plain_loop_median": plain_loop_s,
            "plain_parts_median": parts, "variants": {}}
-    for name, workers in runs:
+    for name, workers, threads in runs:
         total = med(lambda r: r[name]["total"])
         loop = med(lambda r: r[name]["loop"])
         paired = med(lambda r: r["plain"]["total"] / r[name]["total"])
@@ -399,12 +404,12 @@ def report_model(args, label: str, n: int, runs: list, rounds: list, summary: li
         rows.append((name, f"{n / total:.1f}", f"{plain_total / total:.2f}", f"{paired:.2f}", f"{n / loop:.1f}",
                      f"{plain_loop_s / loop:.2f}", f"{med(lambda r: r[name]['load']):.2f}",
                      f"{med(lambda r: r[name]['first_batch']):.2f}", f"{diff:.1e}", fmt_load(other)))
-        out["variants"][name] = {"num_workers": workers, "total_median": total, "loop_median": loop,
+        out["variants"][name] = {"num_workers": workers, "main_threads": threads, "total_median": total, "loop_median": loop,
                                  "images_per_s": n / total, "ratio_vs_plain": plain_total / total,
                                  "ratio_vs_plain_paired": paired, "loop_ratio_vs_plain": plain_loop_s / loop,
                                  "max_abs_diff": diff}
     header = (f"{label}, n={n}, batch {args.batch_size}", "img/s", "x plain", "paired", "loop img/s", "loop x",
-              "load s", "1st batch s", "max |diff|", "other cores")
+              "load s", "1st batch done s", "max |diff|", "other cores")
     log("")
     log(table(rows, header))
     per_image = {k: 1e3 * v / n for k, v in parts.items()}
@@ -419,7 +424,7 @@ def report_model(args, label: str, n: int, runs: list, rounds: list, summary: li
     summary.append((f"{label}: sdetool (auto workers) >= {args.target}x plain", f"{ratio:.2f}x", verdict))
     best_name = max(out["variants"], key=lambda k: out["variants"][k]["ratio_vs_plain"])
     best = out["variants"][best_name]["ratio_vs_plain"]
-    summary.append((f"{label}: best sdetool variant ({best_name.split(', ')[1]})", f"{best:.2f}x",
+    summary.append((f"{label}: best sdetool variant ({best_name.split(', ', 1)[1]})", f"{best:.2f}x",
                     "MET" if best >= args.target else "NOT MET"))
     out["rounds"] = rounds
     out["per_image_ms"] = per_image
@@ -465,13 +470,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 512 images (builtin), 64 (CLIP), 1 round")
-    parser.add_argument("--images", type=int, default=None, help="images for the built-in model (default 4000)")
-    parser.add_argument("--clip-images", type=int, default=None, help="images for the CLIP (default 192)")
+    parser.add_argument("--images", type=int, default=None, help="images for the built-in model (default 10000)")
+    parser.add_argument("--clip-images", type=int, default=None, help="images for the CLIP (default 256)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-items", type=int, default=ExtractOptions().chunk_items)
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="fp16 for the GPU run")
     parser.add_argument("--workers", default="0,2", help="explicit num_workers to time besides auto (comma list)")
+    parser.add_argument("--thread-variants", default="2:1",
+                        help="extra runs W:T (comma list): num_workers=W with the main process's torch threads set to T; "
+                             "'' for none")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick 1)")
     parser.add_argument("--skip-builtin", action="store_true")
     parser.add_argument("--skip-clip", action="store_true")
@@ -482,10 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="keep images and the CLIP folder here (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
     args = parser.parse_args(argv)
-    args.images = args.images or (512 if args.quick else 4000)
-    args.clip_images = args.clip_images or (64 if args.quick else 192)
+    args.images = args.images or (512 if args.quick else 10000)
+    args.clip_images = args.clip_images or (64 if args.quick else 256)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.workers = [int(x) for x in args.workers.split(",") if x.strip()]
+    args.thread_variants = [tuple(int(v) for v in x.split(":")) for x in args.thread_variants.split(",") if x.strip()]
     args.device = resolve_device(args.device)
 
     env = environment(args.device)
