@@ -21,8 +21,9 @@ One run measures, on this machine and in this order:
      ``.float().cpu().numpy()``; at the end ``np.save`` of the matrix. Decode, transform and model
      times are summed separately.
    - ``sdetool.extract.extract(spec, image_folder(folder), out.h5, ExtractOptions(...))`` with the
-     same device, precision and batch size: default workers (``num_workers=None``: one per spare
-     core), ``num_workers=0`` and ``num_workers=2`` (a worker count already covered is skipped), and
+     same device, precision and batch size: default workers (``num_workers=None``: sdetool times the
+     first items and picks the worker/thread split, ``sdetool.loading.plan_pipeline``; the summary
+     notes say what it chose), ``num_workers=0`` and ``num_workers=2``, and
      ``num_workers=2`` with this process's torch intra-op threads set to 1 for the call
      (``--thread-variants``; what ``OMP_NUM_THREADS=1 sdetool extract --num-workers 2`` does), which
      shows what the workers and the model's threads cost each other on a small machine.
@@ -70,7 +71,7 @@ from bench_analyze import LoadMeter, QuietWaiter, fmt_load, table  # noqa: E402 
 
 import sdetool  # noqa: E402
 from sdetool.data.items import image_folder  # noqa: E402
-from sdetool.extract import PRECISIONS, ExtractOptions, Progress, _workers, extract  # noqa: E402
+from sdetool.extract import PRECISIONS, ExtractOptions, Progress, extract  # noqa: E402
 from sdetool.models import load_model  # noqa: E402
 
 SEED = 20240612
@@ -269,7 +270,7 @@ def sdetool_run(spec: str, folder: str, out: str, options: ExtractOptions, threa
     return {"total": end - start, "loop": timeline.finished - timeline.started, "load": timeline.started - start,
             "first_batch": (timeline.first or timeline.finished) - timeline.started,
             "assemble": end - timeline.finished, "matrix": matrix, "ids": ids, "rows": result.rows.get("image", 0),
-            "failed": result.failed.get("image", 0)}
+            "failed": result.failed.get("image", 0), "notes": [n for n in result.notes if "measured per image" in n]}
 
 
 def profile_extract(spec: str, folder: str, out: str, options: ExtractOptions) -> dict:
@@ -315,10 +316,9 @@ def max_abs_diff(reference: np.ndarray, other: np.ndarray) -> float:
 
 def variants(args) -> list[tuple[str, int | None, int | None]]:
     """(label, num_workers, torch threads of the main process or None) of the sdetool runs."""
-    auto = _workers(ExtractOptions(), 1)
-    chosen = [(f"sdetool extract, auto workers ({auto})", None, None)]
+    chosen = [("sdetool extract, auto (timed split)", None, None)]
     for count in args.workers:
-        if count != auto and all(count != c for _, c, _ in chosen):
+        if all(count != c for _, c, _ in chosen):
             chosen.append((f"sdetool extract, num_workers={count}", count, None))
     for workers, threads in args.thread_variants:
         chosen.append((f"sdetool extract, num_workers={workers}, main torch threads {threads}", workers, threads))
@@ -372,6 +372,8 @@ def bench_model(args, label: str, spec: str, folder: str, scratch: str, summary:
                 raise SystemExit(f"{name}: the store's ids or rows differ from the folder's ({run['rows']} of {n})")
             run["max_abs_diff"] = max_abs_diff(reference["matrix"], run.pop("matrix"))
             run.pop("ids")
+            for note in run.pop("notes"):
+                line.append(f"[auto: {note}]")
             run["other_cores"] = other
             entry[name] = run
             line.append(f"{name.split(', ', 1)[1]} {n / run['total']:7.1f} img/s ({fmt_load(other)})")
@@ -421,7 +423,7 @@ def report_model(args, label: str, n: int, runs: list, rounds: list, summary: li
     auto_name = runs[0][0]
     ratio = out["variants"][auto_name]["ratio_vs_plain"]
     verdict = "MET" if ratio >= args.target else "NOT MET"
-    summary.append((f"{label}: sdetool (auto workers) >= {args.target}x plain", f"{ratio:.2f}x", verdict))
+    summary.append((f"{label}: sdetool (auto) >= {args.target}x plain", f"{ratio:.2f}x", verdict))
     best_name = max(out["variants"], key=lambda k: out["variants"][k]["ratio_vs_plain"])
     best = out["variants"][best_name]["ratio_vs_plain"]
     summary.append((f"{label}: best sdetool variant ({best_name.split(', ', 1)[1]})", f"{best:.2f}x",
@@ -452,7 +454,7 @@ def environment(device: str) -> dict:
            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "transformers": transformers.__version__, "pillow": PIL.__version__,
            "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")), "sdetool": sdetool.__version__,
-           "device": device, "auto_workers": _workers(ExtractOptions(), 1)}
+           "device": device}
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
@@ -504,8 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"python {env['python']}, torch {env['torch']} ({env['torch_threads']} intra-op threads), transformers "
         f"{env['transformers']}, pillow {env['pillow']} (libjpeg-turbo: {env['libjpeg_turbo']}), numpy {env['numpy']}, "
         f"sdetool {env['sdetool']}")
-    log(f"device {args.device}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, precision {args.precision}; "
-        f"auto workers here: {env['auto_workers']}")
+    log(f"device {args.device}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, precision {args.precision}")
     keep = args.data_dir is not None
     root = os.path.abspath(args.data_dir) if keep else tempfile.mkdtemp(prefix="bench-extract-")
     os.makedirs(root, exist_ok=True)
@@ -532,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                                          chunk_items=args.chunk_items, overwrite=True)
                 profile = profile_extract(spec, folder, os.path.join(scratch, "profile.h5"), options)
                 results["models"][label]["profile"] = profile
-                log(f"\nprofile of one extraction (auto workers, main process, cumulative s; total {profile['total']:.2f} s):")
+                log(f"\nprofile of one extraction (auto, main process, cumulative s; total {profile['total']:.2f} s):")
                 for name, seconds in profile["parts"].items():
                     log(f"  {name:40s} {seconds:7.2f}")
                 log("  top self time: " + ", ".join(f"{where} {tt:.2f}" for where, tt in profile["top_self"]))

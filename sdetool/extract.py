@@ -19,8 +19,9 @@ import numpy as np
 
 from sdetool import __version__
 from sdetool.checkpoint import Chunk, WorkFolder
-from sdetool.data.items import ItemError, ItemSource
+from sdetool.data.items import ItemSource
 from sdetool.errors import BadInputError, SdetoolError
+from sdetool.loading import ImageDataset, collate, plan_pipeline
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 STORE_DTYPES = ("float32", "float16")
@@ -35,7 +36,7 @@ class ExtractOptions:
     device: str = "auto"
     precision: str = "fp32"
     batch_size: int = 64
-    num_workers: int | None = None  # None: one per spare core
+    num_workers: int | None = None  # None: chosen from timings (sdetool.loading.plan_pipeline)
     normalize: bool = False
     store_dtype: str = "float32"
     tokens: bool = False
@@ -140,34 +141,6 @@ def _modalities(encoder, source: ItemSource, tokens: bool) -> tuple[list[str], l
     return keys, notes
 
 
-class _ImageDataset:
-    """Map-style dataset: item index -> (index, pixels or None, failure reason or None)."""
-
-    def __init__(self, source: ItemSource, transform) -> None:
-        self.source = source
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int):
-        try:
-            return index, self.transform(self.source.load_image(index)), None
-        except ItemError as error:
-            return index, None, str(error)
-        except (OSError, ValueError) as error:  # the model's preprocessing refused the decoded image
-            return index, None, f"cannot preprocess: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-
-
-def _collate(samples):
-    import torch
-
-    good = [(index, pixels) for index, pixels, _ in samples if pixels is not None]
-    failed = [(index, reason) for index, _, reason in samples if reason is not None]
-    pixels = torch.stack([p for _, p in good]) if good else None
-    return [index for index, _ in good], pixels, failed
-
-
 class _Embedder:
     """Runs the model on batches under autocast; remembers distinct texts."""
 
@@ -212,35 +185,44 @@ class _Embedder:
         return rows
 
 
-def _workers(options: ExtractOptions, world_size: int) -> int:
-    if options.num_workers is not None:
-        return options.num_workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores // max(1, world_size) - 1))
-
-
 def _plan(items: int, chunk_items: int) -> list[range]:
     return [range(start, min(start + chunk_items, items)) for start in range(0, items, chunk_items)]
 
 
 def _embed_chunks(embedder: _Embedder, source: ItemSource, keys: list[str], chunks: list[tuple[int, range]],
-                  folder: WorkFolder, workers: int, progress: Progress) -> None:
-    """Embed the given chunks and write each one as soon as it is complete."""
+                  folder: WorkFolder, world_size: int, progress: Progress) -> list[str]:
+    """Embed the given chunks and write each one as soon as it is complete. Returns notes on how it ran."""
     options = embedder.options
-    if "image" not in keys:
+    if "image" not in keys or not chunks:
         for index, items in chunks:
             _write_chunk(embedder, source, keys, folder, index, list(items), {}, [], None)
             progress.advance(len(items))
-        return
+        return []
+    import torch
+
+    dataset = ImageDataset(source, embedder.encoder.image_transform())
+    pipeline = plan_pipeline(options.num_workers, embedder.device, world_size, dataset, embedder.images)
+    threads = torch.get_num_threads()
+    if pipeline.threads:
+        torch.set_num_threads(pipeline.threads)
+    try:
+        _embed_images(embedder, source, keys, chunks, folder, dataset, pipeline.workers, progress)
+    finally:
+        torch.set_num_threads(threads)
+    return [pipeline.reason] if pipeline.reason else []
+
+
+def _embed_images(embedder: _Embedder, source: ItemSource, keys: list[str], chunks: list[tuple[int, range]],
+                  folder: WorkFolder, dataset: ImageDataset, workers: int, progress: Progress) -> None:
     from torch.utils.data import DataLoader
 
+    options = embedder.options
     batches, owners = [], []
     for index, items in chunks:
         for start in range(items.start, items.stop, options.batch_size):
             batches.append(list(range(start, min(start + options.batch_size, items.stop))))
             owners.append(index)
-    loader = DataLoader(_ImageDataset(source, embedder.encoder.image_transform()), batch_sampler=batches,
-                        num_workers=workers, collate_fn=_collate, pin_memory=embedder.device.startswith("cuda"),
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=embedder.device.startswith("cuda"),
                         persistent_workers=False)
     pending: dict = {"rows": [], "embeddings": [], "tokens": [], "failed": []}
     for position, (rows, pixels, failed) in enumerate(loader):
@@ -437,8 +419,9 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     resumed = sum(len(items) for index, items in enumerate(plan) if index in done)
     embedder = _Embedder(encoder.to(device), device, options)
     progress.start(f"embedding {source.describe()}", sum(len(items) for _, items in mine))
+    ran: list[str] = []
     try:
-        on_every_rank(world, lambda: _embed_chunks(embedder, source, keys, mine, folder, _workers(options, world.size), progress))
+        on_every_rank(world, lambda: ran.extend(_embed_chunks(embedder, source, keys, mine, folder, world.size, progress)))
     finally:
         progress.finish()
     rows, failed = on_main(world, lambda: _assemble(out, folder, source, keys, encoder, config,
@@ -446,7 +429,7 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     return ExtractResult(path=out, status="written", items=len(source), rows=rows, failed=failed,
                          dims={key: encoder.dim for key in keys}, resumed_items=resumed,
                          seconds=time.perf_counter() - started, device=device, model=encoder.spec,
-                         data=source.location, notes=notes + source.notes)
+                         data=source.location, notes=notes + source.notes + ran)
 
 
 def _existing(out: str, source: ItemSource, keys: list[str], encoder, notes: list[str]) -> ExtractResult:

