@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,8 +62,11 @@ class WorkFolder:
 
     def create(self, run: dict) -> None:
         """Start afresh: an empty folder holding ``run.json``."""
-        self.remove()
-        os.makedirs(self.path)
+        try:
+            self.remove()
+            os.makedirs(self.path)
+        except OSError as error:
+            raise BadInputError(f"{self.path}: cannot create the work folder ({error.strerror or error})") from None
         _atomic_write(os.path.join(self.path, RUN_FILE), lambda handle: handle.write(json.dumps(run, indent=2).encode()))
 
     def remove(self) -> None:
@@ -97,7 +101,7 @@ class WorkFolder:
                     failed_index=data["failed_index"], failed_key=[str(x) for x in data["failed_key"]],
                     failed_reason=[str(x) for x in data["failed_reason"]],
                 )
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise BadInputError(f"{self.chunk_path(index)}: damaged chunk ({error}); delete it to redo that chunk") from None
 
     def status(self) -> str:
@@ -111,11 +115,14 @@ class WorkFolder:
 
 def _atomic_write(path: str, write) -> None:
     temp = path + ".tmp"
-    with open(temp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile...
+        raise BadInputError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def incomplete_message(path: str) -> str | None:

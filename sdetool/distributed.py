@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdetool.errors import BadInputError, SdetoolError
+from sdetool.errors import BadInputError
 from sdetool.gram import GramState, RowSample
 
 
@@ -115,13 +115,15 @@ def on_main(world: World, work):
         return work()
     import torch.distributed as dist
 
-    message = [None, None]
+    message, failure = [None, None], None
     if world.is_main:
         try:
             message = [work(), None]
-        except SdetoolError as error:
-            message = [None, str(error)]
+        except Exception as error:  # tell the other ranks before raising, or they would wait forever
+            message, failure = [None, str(error) or type(error).__name__], error
     dist.broadcast_object_list(message, src=0)
+    if failure is not None:
+        raise failure
     if message[1] is not None:
         raise BadInputError(message[1])
     return message[0]
@@ -134,13 +136,15 @@ def on_every_rank(world: World, work) -> None:
         return
     import torch.distributed as dist
 
-    error_text = None
+    error_text, failure = None, None
     try:
         work()
-    except SdetoolError as error:
-        error_text = str(error)
+    except Exception as error:  # every rank must reach the gather below, or the others wait forever
+        error_text, failure = str(error) or type(error).__name__, error
     statuses: list = [None] * world.size
     dist.all_gather_object(statuses, error_text)
+    if failure is not None:
+        raise failure
     failures = [s for s in statuses if s is not None]
     if failures:
         raise BadInputError(failures[0])

@@ -25,7 +25,6 @@ from sdetool.loading import ImageDataset, collate, plan_pipeline
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 STORE_DTYPES = ("float32", "float16")
-_TEXT_CACHE_LIMIT = 200_000  # distinct texts remembered across chunks (class captions repeat)
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,6 @@ class _Embedder:
         dtype = getattr(torch, PRECISIONS[options.precision])
         device_type = "cuda" if device.startswith("cuda") else "cpu"
         self._autocast = (lambda: torch.autocast(device_type, dtype=dtype)) if options.precision != "fp32" else nullcontext
-        self._texts: dict[str, np.ndarray] = {}
 
     def _finish(self, tensor) -> np.ndarray:
         values = tensor.float().cpu().numpy()
@@ -170,19 +168,17 @@ class _Embedder:
         return self._finish(output.embeddings), tokens
 
     def texts(self, texts: list[str]) -> np.ndarray:
-        """Embed texts, each distinct text once (also across calls while the cache has room)."""
+        """Embed texts, each distinct text once, in order of first appearance."""
         import torch
 
-        missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
-        for start in range(0, len(missing), self.options.batch_size):
-            batch = missing[start:start + self.options.batch_size]
+        # Per call (one chunk), not across chunks: a resumed run then batches the same texts the same way.
+        distinct = list(dict.fromkeys(texts))
+        embedded: dict[str, np.ndarray] = {}
+        for start in range(0, len(distinct), self.options.batch_size):
+            batch = distinct[start:start + self.options.batch_size]
             with torch.inference_mode(), self._autocast():
-                values = self._finish(self.encoder.encode_texts(batch))
-            self._texts.update(zip(batch, values))
-        rows = np.stack([self._texts[t] for t in texts]) if texts else np.zeros((0, self.encoder.dim), np.float32)
-        if len(self._texts) > _TEXT_CACHE_LIMIT:
-            self._texts.clear()
-        return rows
+                embedded.update(zip(batch, self._finish(self.encoder.encode_texts(batch))))
+        return np.stack([embedded[t] for t in texts]) if texts else np.zeros((0, self.encoder.dim), np.float32)
 
 
 def _plan(items: int, chunk_items: int) -> list[range]:
@@ -222,10 +218,23 @@ def _embed_images(embedder: _Embedder, source: ItemSource, keys: list[str], chun
         for start in range(items.start, items.stop, options.batch_size):
             batches.append(list(range(start, min(start + options.batch_size, items.stop))))
             owners.append(index)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=embedder.device.startswith("cuda"),
-                        persistent_workers=False)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                        pin_memory=embedder.device.startswith("cuda"))
+    batches_in = iter(loader)
+    try:
+        _consume(embedder, source, keys, folder, batches, owners, batches_in, progress)
+    finally:  # on an error too: stop the worker processes now, not whenever the iterator is collected
+        shutdown = getattr(batches_in, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _consume(embedder: _Embedder, source: ItemSource, keys: list[str], folder: WorkFolder, batches: list,
+             owners: list, batches_in, progress: Progress) -> None:
+    """Embed the loader's batches, writing every chunk as soon as its last batch is done."""
+    options = embedder.options
     pending: dict = {"rows": [], "embeddings": [], "tokens": [], "failed": []}
-    for position, (rows, pixels, failed) in enumerate(loader):
+    for position, (rows, pixels, failed) in enumerate(batches_in):
         index = owners[position]
         if failed and options.strict:
             item, reason = failed[0]
@@ -295,7 +304,12 @@ def _preflight(out: str, config: dict, options: ExtractOptions) -> tuple[str, in
                                 "use --overwrite to replace it")
         return "done", 0
     if folder.exists():
-        previous = folder.read_run().get("config")
+        try:
+            previous = folder.read_run().get("config")
+        except BadInputError:
+            if not options.overwrite:
+                raise
+            previous = None  # damaged: --overwrite starts again
         if previous == config:  # the same job: resume it, also when it was started with --overwrite
             return "resume", len(folder.done())
         if not options.overwrite:
@@ -307,8 +321,6 @@ def _preflight(out: str, config: dict, options: ExtractOptions) -> tuple[str, in
 def _assemble(out: str, folder: WorkFolder, source: ItemSource, keys: list[str], encoder, config: dict,
               attrs: dict) -> tuple[dict, dict]:
     """Write the store from the chunks (atomically), then remove the work folder. Returns rows and failures."""
-    from sdetool import store
-
     chunks = range(int(folder.read_run()["chunks"]))
     rows, failures = {key: 0 for key in keys}, {key: [] for key in keys}
     for index in chunks:
@@ -323,14 +335,28 @@ def _assemble(out: str, folder: WorkFolder, source: ItemSource, keys: list[str],
         folder.remove()
         raise BadInputError(f"{source.location}: no item could be embedded ({sum(map(len, failures.values()))} failed; "
                             f"first: {first[0]}: {first[1]})")
+    try:
+        _write_store(out, folder, source, keys, encoder.dim, config, attrs, failures, total)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile: the old file stays as it was
+        raise BadInputError(f"--out {out}: cannot write the store ({str(error).splitlines()[0]}); the finished "
+                            f"chunks stay in {folder.path}") from None
+    folder.remove()
+    return rows, {key: len(failures.get(key, [])) for key in keys}
+
+
+def _write_store(out: str, folder: WorkFolder, source: ItemSource, keys: list[str], dim: int, config: dict,
+                 attrs: dict, failures: dict, total: int) -> None:
+    """The store, atomically, from the chunks in item order."""
+    from sdetool import store
+
     with store.StoreWriter(out, mode="w") as writer:
         writer.set_attrs({"extract_config": json.dumps(config, sort_keys=True), "complete": True})
         targets = {}
         for key in keys:
             set_attrs = dict(attrs, modality=key, failed=len(failures.get(key, [])))
-            targets[key] = writer.create_set(key, encoder.dim, dtype=config["store_dtype"], with_ids=True,
+            targets[key] = writer.create_set(key, dim, dtype=config["store_dtype"], with_ids=True,
                                              attrs=set_attrs, expected_rows=total)
-        for index in chunks:
+        for index in range(int(folder.read_run()["chunks"])):
             chunk = folder.read_chunk(index, keys)
             ids = [source.ids[int(item)] for item in chunk.rows]
             for key in keys:
@@ -340,8 +366,6 @@ def _assemble(out: str, folder: WorkFolder, source: ItemSource, keys: list[str],
                 targets["image"].append_tokens(chunk.tokens)
         for key in keys:
             targets[key].write_failed(failures.get(key, []))
-    folder.remove()
-    return rows, {key: len(failures.get(key, [])) for key in keys}
 
 
 def _provenance(encoder, source: ItemSource, options: ExtractOptions, device: str) -> dict:
@@ -411,9 +435,9 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     if decision[0] == "done":
         return _existing(out, source, keys, encoder, notes)
     plan = _plan(len(source), options.chunk_items)
-    if world.is_main and decision[0] == "fresh":
-        folder.create({"config": config, "chunks": len(plan), "chunk_items": options.chunk_items, "items": len(source)})
-    on_main(world, lambda: None)  # everyone waits for the work folder
+    if decision[0] == "fresh":  # every rank waits until rank 0 has made the work folder
+        on_main(world, lambda: folder.create({"config": config, "chunks": len(plan), "chunk_items": options.chunk_items,
+                                              "items": len(source)}))
     done = folder.done()
     mine = [(index, items) for index, items in enumerate(plan) if index % world.size == world.rank and index not in done]
     resumed = sum(len(items) for index, items in enumerate(plan) if index in done)

@@ -233,7 +233,8 @@ def manifest(path: str, id_column: str | None = None, image_column: str | None =
     if image_column is None and text_column is None:
         raise BadInputError(f"--manifest {path}: no image or text column found (columns: {', '.join(columns)}); "
                             "name them with --image-col / --text-col")
-    ids = [str(v) for v in frame[id_column]] if id_column else [f"row-{i}" for i in range(len(frame))]
+    ids = [str(v) if _present(v) else f"row-{i}" for i, v in enumerate(frame[id_column])] if id_column \
+        else [f"row-{i}" for i in range(len(frame))]
     folder = os.path.dirname(os.path.abspath(path))
     image_paths = None
     if image_column:
@@ -244,7 +245,10 @@ def manifest(path: str, id_column: str | None = None, image_column: str | None =
 
 
 def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value) != ""
+    """False for an empty cell: None, NaN, pandas' NA/NaT, or the empty string."""
+    import pandas as pd
+
+    return value is not None and not (np.ndim(value) == 0 and pd.isna(value)) and str(value) != ""
 
 
 def _read_table(path: str):
