@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdetool.errors import UnknownModelError
+from sdetool.models.base import FOLDER_PREFIXES
 
 BACKENDS = {
     "hf": "Hugging Face transformers dual encoders (CLIP, SigLIP, ...): hf:ORG/NAME[@REV] or hf:/local/folder",
@@ -55,7 +56,7 @@ def parse_spec(spec: str) -> ModelSpec:
         if rest not in BUILTINS:
             raise UnknownModelError(f"--model {spec!r}: no such built-in model; {_available()}")
         return ModelSpec(backend, rest)
-    if rest.startswith(("/", "./", "../", "~")):  # a folder: an '@' in it is part of the path
+    if rest.startswith(FOLDER_PREFIXES):  # a folder: an '@' in it is part of the path
         return ModelSpec(backend, rest)
     name, at, revision = rest.rpartition("@") if "@" in rest else (rest, "", "")
     return ModelSpec(backend, name if at else rest, revision or None)

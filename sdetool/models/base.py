@@ -100,11 +100,35 @@ def folder_fingerprint(folder: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def hub_error(spec: str, name: str, error: BaseException) -> UnknownModelError:
-    """The message for a hub id that cannot be loaded (typically: offline)."""
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return UnknownModelError(
-        f"{spec}: {name!r} is not a local folder and could not be loaded from the Hugging Face hub "
-        f"(offline or unknown id: {reason[:160]}); download it where there is a network and pass the "
-        "local folder, e.g. --model hf:/path/to/folder"
-    )
+FOLDER_PREFIXES = ("/", "./", "../", "~")  # a name starting so is a folder, never a hub id
+
+
+def load_pretrained(spec: str, name: str, load):
+    """Run ``load(name)`` on a local folder or a hub id; returns ``(name, local, loaded)``.
+
+    A missing folder, a folder that is not a model, and a hub id that cannot be fetched (typically:
+    offline) each raise :class:`UnknownModelError` with what to do.
+    """
+    name = os.path.expanduser(name)
+    local = os.path.isdir(name)
+    if not local and name.startswith(FOLDER_PREFIXES):
+        raise UnknownModelError(f"{spec}: folder {name} does not exist")
+    try:
+        return name, local, load(name)
+    except (OSError, ValueError) as error:
+        if local:
+            raise UnknownModelError(f"{spec}: {name} is not a transformers model folder: {error}") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        backend = spec.partition(":")[0]
+        raise UnknownModelError(
+            f"{spec}: {name!r} is not a local folder and could not be loaded from the Hugging Face hub "
+            f"(offline or unknown id: {reason[:160]}); download it where there is a network and pass the "
+            f"local folder, e.g. --model {backend}:/path/to/folder"
+        ) from None
+
+
+def model_revision(name: str, local: bool, config, revision: str | None) -> str:
+    """A local folder's fingerprint, or the hub commit the model was loaded at."""
+    if local:
+        return folder_fingerprint(name)
+    return str(getattr(config, "_commit_hash", "") or revision or "")

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 
 from sdetool.errors import UnknownModelError
-from sdetool.models.base import Encoder, ImageOutput, folder_fingerprint, hub_error
+from sdetool.models.base import Encoder, ImageOutput, load_pretrained, model_revision
 
 _MAX_LENGTH_PADDING = {"siglip": 64, "siglip2": 64}  # SigLIP was trained on max-length padded text
 
@@ -52,16 +51,8 @@ class HFDualEncoder(Encoder):
     def __init__(self, spec: str, name: str, revision: str | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        name = os.path.expanduser(name)
-        local = os.path.isdir(name)
-        if not local and name.startswith(("/", "./", "../")):
-            raise UnknownModelError(f"{spec}: folder {name} does not exist")
-        try:
-            self.model = AutoModel.from_pretrained(name, revision=revision).eval()
-        except (OSError, ValueError) as error:
-            if local:
-                raise UnknownModelError(f"{spec}: {name} is not a transformers model folder: {error}") from None
-            raise hub_error(spec, name, error) from None
+        name, local, self.model = load_pretrained(
+            spec, name, lambda folder: AutoModel.from_pretrained(folder, revision=revision).eval())
         modalities = tuple(m for m, method in (("image", "get_image_features"), ("text", "get_text_features"))
                            if hasattr(self.model, method))
         if not modalities:
@@ -74,7 +65,7 @@ class HFDualEncoder(Encoder):
         config = self.model.config
         provenance = {
             "architecture": type(self.model).__name__,
-            "revision": folder_fingerprint(name) if local else str(getattr(config, "_commit_hash", "") or revision or ""),
+            "revision": model_revision(name, local, config, revision),
             "pooling": "the model's own (get_image_features / get_text_features, projection included)",
         }
         if self.processor is not None:

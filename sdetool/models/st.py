@@ -12,8 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from sdetool.errors import UnknownModelError
-from sdetool.models.base import Encoder, folder_fingerprint, hub_error
+from sdetool.models.base import Encoder, load_pretrained, model_revision
 
 POOLINGS = ("mean", "cls", "max")
 
@@ -68,17 +67,8 @@ class SentenceEncoder(Encoder):
     def __init__(self, spec: str, folder: str, config: SentenceConfig | None = None, revision: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
-        folder = os.path.expanduser(folder)
-        local = os.path.isdir(folder)
-        if not local and folder.startswith(("/", "./", "../")):
-            raise UnknownModelError(f"{spec}: folder {folder} does not exist")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, revision=revision)
-            self.model = AutoModel.from_pretrained(folder, revision=revision).eval()
-        except (OSError, ValueError) as error:
-            if local:
-                raise UnknownModelError(f"{spec}: {folder} is not a transformers model folder: {error}") from None
-            raise hub_error(spec, folder, error) from None
+        folder, local, (self.tokenizer, self.model) = load_pretrained(spec, folder, lambda name: (
+            AutoTokenizer.from_pretrained(name, revision=revision), AutoModel.from_pretrained(name, revision=revision).eval()))
         self.config = config or (read_sentence_config(folder) if local else SentenceConfig())
         self.device = "cpu"
         dim = int(self.model.config.hidden_size)
@@ -87,7 +77,7 @@ class SentenceEncoder(Encoder):
             "model_normalizes": self.config.normalize,
             "max_length": self.config.max_length,
             "architecture": type(self.model).__name__,
-            "revision": folder_fingerprint(folder) if local else str(getattr(self.model.config, "_commit_hash", "") or revision or ""),
+            "revision": model_revision(folder, local, self.model.config, revision),
         }
         super().__init__(spec=spec, backend="st", dim=dim, modalities=("text",), provenance=provenance)
 
