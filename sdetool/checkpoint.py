@@ -92,12 +92,13 @@ class WorkFolder:
             arrays["tokens"] = chunk.tokens
         _atomic_write(self.chunk_path(index), lambda handle: np.savez(handle, **arrays))
 
-    def read_chunk(self, index: int, keys: list[str]) -> Chunk:
+    def read_chunk(self, index: int, keys: list[str], arrays: bool = True) -> Chunk:
+        """One chunk; with ``arrays=False`` only its rows and failures (embeddings and tokens stay on disk)."""
         try:
             with np.load(self.chunk_path(index), allow_pickle=False) as data:
                 return Chunk(
-                    rows=data["rows"], embeddings={key: data[f"embeddings_{key}"] for key in keys},
-                    tokens=data["tokens"] if "tokens" in data.files else None,
+                    rows=data["rows"], embeddings={key: data[f"embeddings_{key}"] for key in keys} if arrays else {},
+                    tokens=data["tokens"] if arrays and "tokens" in data.files else None,
                     failed_index=data["failed_index"], failed_key=[str(x) for x in data["failed_key"]],
                     failed_reason=[str(x) for x in data["failed_reason"]],
                 )

@@ -324,7 +324,7 @@ def _assemble(out: str, folder: WorkFolder, source: ItemSource, keys: list[str],
     chunks = range(int(folder.read_run()["chunks"]))
     rows, failures = {key: 0 for key in keys}, {key: [] for key in keys}
     for index in chunks:
-        chunk = folder.read_chunk(index, keys)
+        chunk = folder.read_chunk(index, keys, arrays=False)  # counts first: the store is sized from them
         for key in keys:
             rows[key] += len(chunk.rows)
         for item, key, reason in zip(chunk.failed_index, chunk.failed_key, chunk.failed_reason):
