@@ -22,3 +22,11 @@ class UnknownKeyError(BadInputError, KeyError):
 
 class UnknownModelError(SdetoolError):
     """A model name or folder that no backend can load; the message lists what is available."""
+
+
+class TrainingError(SdetoolError):
+    """Training cannot go on (a NaN loss); the message names the step and the last good checkpoint."""
+
+
+class TrainingInterrupted(SdetoolError):
+    """Training was interrupted (Ctrl-C); a resumable checkpoint was saved."""

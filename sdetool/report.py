@@ -155,3 +155,40 @@ def render_models(rows: list[dict], console: Console) -> None:
         description = escape(row["description"]) + (f"\n[red]unavailable: {escape(row['reason'])}[/]" if row["reason"] else "")
         table.add_row(escape(row["name"]), available, description)
     console.print(table)
+
+
+def finetune_rows(evaluation: dict) -> list[tuple[str, float | None, float | None]]:
+    """``(metric, before, after)`` rows of a run's evaluation, in display order (pure)."""
+    before, after = evaluation.get("before", {}), evaluation.get("after", {})
+    rows: list[tuple[str, float | None, float | None]] = []
+    if "zero_shot_accuracy" in before or "zero_shot_accuracy" in after:
+        rows.append(("zero-shot accuracy", before.get("zero_shot_accuracy"), after.get("zero_shot_accuracy")))
+    for name in before.get("recall", {}):
+        rows.append((name.replace("_", " "), before["recall"][name], after.get("recall", {}).get(name)))
+    for key in before.get("bands", {}):
+        for band in ("strong", "weak", "noise"):
+            rows.append((f"{key} {band} energy share", before["bands"][key][band]["energy_share"],
+                         after.get("bands", {}).get(key, {}).get(band, {}).get("energy_share")))
+        rows.append((f"{key} effective rank", before["bands"][key]["effective_rank"],
+                     after.get("bands", {}).get(key, {}).get("effective_rank")))
+    return rows
+
+
+def render_finetune(document: dict, console: Console) -> None:
+    """Before/after table of a fine-tuning run, with the change; timing; notes."""
+    table = Table(title=f"sdetool finetune -> {escape(document['out'])} ({document['status']})", title_justify="left")
+    for column in ("held-out metric", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "held-out metric" else "right")
+    for name, before, after in finetune_rows(document["evaluation"]):
+        percent = "share" in name or "accuracy" in name or "R@" in name
+        shown = [f"{100 * v:.2f}%" if percent else f"{v:.2f}" if v is not None else "" for v in (before, after)]
+        change = "" if before is None or after is None else (f"{100 * (after - before):+.2f} pt" if percent else f"{after - before:+.2f}")
+        table.add_row(escape(name), *shown, change)
+    console.print(table)
+    if document["seconds"]:
+        line = f"{document['steps']} steps on {document['device']} in {document['seconds']:.1f} s ({1e3 * document['seconds_per_step']:.0f} ms/step)"
+        if document["resumed_from"]:
+            line += f"; resumed from step {document['resumed_from']}"
+        console.print(line)
+    for note in document.get("notes", []):
+        console.print(f"[dim]note: {escape(note)}[/]")

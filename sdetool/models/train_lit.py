@@ -58,15 +58,10 @@ def standardize(images: np.ndarray):
 
 
 def contrastive_loss(image_embeddings, text_embeddings, labels, logit_scale):
-    """Symmetric cross-entropy with every same-class pair as a positive. Inputs are unit rows (B, d)."""
-    import torch.nn.functional as F
+    """Symmetric cross-entropy with every same-class pair as a positive (:func:`sdetool.sde.info_nce`)."""
+    from sdetool.sde import info_nce
 
-    logits = logit_scale.exp() * image_embeddings @ text_embeddings.T  # (B, B)
-    positives = (labels[:, None] == labels[None, :]).float()
-    targets = positives / positives.sum(dim=1, keepdim=True)
-    image_to_text = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    text_to_image = -(targets * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
-    return 0.5 * (image_to_text + text_to_image)
+    return info_nce(image_embeddings, text_embeddings, labels, logit_scale)
 
 
 def class_prototypes(network, features):
