@@ -2,6 +2,7 @@
 
     python examples/finetune_seeds.py --out runs/seeds                 # 3 seeds x {sde, infonce}
     python examples/finetune_seeds.py --out runs/seeds --steps 100 --seeds 0   # a quick look
+    python examples/finetune_seeds.py --out runs/random --baseline runs/seeds --set perturbation=random
 
 Each run is a ``sdetool finetune`` run folder (``runs/seeds/<loss>-seed<k>/``); runs already finished
 are reused. The script prints, and writes to ``<out>/summary.json`` and ``<out>/summary.md``, the
@@ -49,11 +50,13 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def run_all(out: str, seeds: list[int], steps: int, overrides: dict, eval_limit: int | None) -> dict:
+def run_all(out: str, seeds: list[int], steps: int, overrides: dict, eval_limit: int | None,
+            baseline: str | None = None) -> dict:
+    """Every (loss, seed) run; the InfoNCE runs live in ``baseline`` when given (shared by SDE variants)."""
     results: dict[str, list[dict]] = {}
     for loss in ("sde", "infonce"):
         for seed in seeds:
-            folder = os.path.join(out, f"{loss}-seed{seed}")
+            folder = os.path.join(baseline if loss == "infonce" and baseline else out, f"{loss}-seed{seed}")
             options = FinetuneOptions(loss=loss, steps=steps, seed=seed, eval_limit=eval_limit,
                                       sde=SDEConfig(**overrides), resume=os.path.isdir(folder))
             print(f"{loss} seed {seed} -> {folder}", file=sys.stderr)
@@ -92,8 +95,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--baseline", default=None, metavar="FOLDER",
+                        help="Where the InfoNCE runs are (or go): share them between SDE variants.")
     args = parser.parse_args()
-    results = run_all(args.out, args.seeds, args.steps, parse_overrides(args.set), args.eval_limit)
+    results = run_all(args.out, args.seeds, args.steps, parse_overrides(args.set), args.eval_limit, args.baseline)
     summary = summarize(results)
     table = markdown(summary, args.seeds)
     with open(os.path.join(args.out, "summary.json"), "w") as handle:

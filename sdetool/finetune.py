@@ -356,6 +356,8 @@ class TrainingLoop:
         self.state = SDEState.create(self.method, options.seed)
         self.scaler = torch.amp.GradScaler(enabled=options.precision == "fp16" and device.startswith("cuda"))
         self.last_saved = 0
+        self._prefetcher = None
+        self._next = None
 
     # -- checkpoints --
 
@@ -391,18 +393,36 @@ class TrainingLoop:
 
     # -- one step --
 
+    def rows(self, step: int) -> np.ndarray:
+        """This rank's share of the global batch of ``step``."""
+        rows = batch_rows(step, len(self.data.train), self.options.batch_size, self.options.seed)
+        return rows[self.world.rank::self.world.size]
+
+    def inputs(self, step: int):
+        """The decoded inputs of ``step``, prepared by a background thread while the previous step ran."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(max_workers=1)
+        pending, self._next = self._next, None
+        inputs = pending[1].result() if pending is not None and pending[0] == step else \
+            self.target.load_inputs(self.data.train, self.rows(step))
+        if step + 1 < self.options.steps:
+            self._next = (step + 1, self._prefetcher.submit(self.target.load_inputs, self.data.train, self.rows(step + 1)))
+        return inputs
+
     def step(self, step: int) -> dict:
         import torch
 
         options = self.options
-        rows = batch_rows(step, len(self.data.train), options.batch_size, options.seed)
-        rows = rows[self.world.rank::self.world.size]
+        rows = self.rows(step)
+        inputs = self.inputs(step)
         for group in self.optimizer.param_groups:
             group["lr"] = options.learning_rate * learning_rate_factor(step, options.steps, options.lr_warmup)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         dtype = getattr(torch, PRECISIONS[options.precision])
         with torch.autocast(device_type, dtype=dtype, enabled=options.precision != "fp32"):
-            image, text, _ = self.target.features(self.data.train, rows)
+            image, text = self.target.features(self.data.train, rows, inputs)
         loss, terms = sde_loss(image, text, self.groups[rows], self.target.logit_scale, step / options.steps,
                                self.method, self.state)
         if not math.isfinite(terms["loss"]):
@@ -479,6 +499,9 @@ class TrainingLoop:
                 progress.advance(1, f"loss {terms['loss']:.4f}")
         finally:
             progress.finish()
+            if self._prefetcher is not None:
+                self._prefetcher.shutdown(wait=True, cancel_futures=True)
+                self._prefetcher, self._next = None, None
             if previous is not None and not stop:
                 signal.signal(signal.SIGINT, previous)
         on_main(self.world, lambda: self.folder.append_metrics(pending))

@@ -66,7 +66,12 @@ class Target:
         for module in self.modules.values():
             module.train(mode)
 
-    def features(self, pairs: PairSet, batch: np.ndarray):
+    def load_inputs(self, pairs: PairSet, batch: np.ndarray):
+        """CPU work of a batch (decoding images) that may run ahead, in a thread; None when there is none."""
+        return None
+
+    def features(self, pairs: PairSet, batch: np.ndarray, inputs=None):
+        """Projected features ``(image (B, d), text (B, d))`` of pairs ``batch`` (``inputs``: from :meth:`load_inputs`)."""
         raise NotImplementedError
 
     def embed(self, pairs: PairSet, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +139,8 @@ class HeadTarget(Target):
         text = torch.from_numpy(pairs.text[rows]).to(self.device)
         return self.modules["image_head"](image), self.modules["text_head"](text)
 
-    def features(self, pairs: PairSet, batch: np.ndarray):
-        return (*self._apply(pairs, batch), batch)
+    def features(self, pairs: PairSet, batch: np.ndarray, inputs=None):
+        return self._apply(pairs, batch)
 
     def embed(self, pairs: PairSet, batch_size: int = 4096):
         import torch
@@ -226,15 +231,36 @@ class EncoderTarget(Target):
     # -- inputs --
 
     def pixels(self, source, rows: np.ndarray):
-        """Preprocessed images (B, ...) of source items ``rows``; in-memory 28x28 pixels in one step."""
+        """Preprocessed images (B, ...) of source items ``rows``; in-memory 28x28 pixels in one step.
+
+        Files are decoded by a small thread pool (PIL releases the GIL while decoding). An unreadable
+        image stops training with its reason: a training set should be clean (``extract`` lists bad items).
+        """
         import torch
 
+        from sdetool.data.items import ItemError
         from sdetool.models.lit import GrayscaleTransform, standardize_pixels
 
         if source.pixels is not None and isinstance(self.transform, GrayscaleTransform) and source.pixels.shape[1:] == (28, 28):
             return torch.from_numpy(standardize_pixels(source.pixels[rows])).unsqueeze(1)
         draft = getattr(self.transform, "draft", None)
-        return torch.stack([self.transform(source.load_image(int(i), draft=draft)) for i in rows])
+
+        def load(index) -> object:
+            try:
+                return self.transform(source.load_image(int(index), draft=draft))
+            except ItemError as error:
+                raise BadInputError(f"{source.location}: item {source.ids[int(index)]!r}: {error}") from None
+
+        return torch.stack(list(self._decoders().map(load, rows)))
+
+    def _decoders(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from sdetool.loading import available_cores
+
+        if getattr(self, "_pool", None) is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, available_cores())))
+        return self._pool
 
     def texts(self, texts: list[str]):
         """Projected text features (B, d); with a frozen LiT text tower its features are cached per text."""
@@ -249,12 +275,15 @@ class EncoderTarget(Target):
                     self._text_cache[text] = row
         return self.encoder.network.encode_text_features(torch.stack([self._text_cache[t] for t in texts]))
 
-    def features(self, pairs: PairSet, batch: np.ndarray):
+    def load_inputs(self, pairs: PairSet, batch: np.ndarray):
         source = self.data.source if pairs is self.data.train else self.data.eval_source
-        pixels = self.pixels(source, pairs.rows[batch]).to(self.device, non_blocking=True)
-        image = self.encoder.encode_images(pixels).embeddings
+        return self.pixels(source, pairs.rows[batch])
+
+    def features(self, pairs: PairSet, batch: np.ndarray, inputs=None):
+        pixels = self.load_inputs(pairs, batch) if inputs is None else inputs
+        image = self.encoder.encode_images(pixels.to(self.device, non_blocking=True)).embeddings
         text = self.texts([pairs.texts[r] for r in pairs.text_rows[batch]])
-        return image, text, batch
+        return image, text
 
     def embed(self, pairs: PairSet, batch_size: int = 512):
         import torch

@@ -95,7 +95,7 @@ class SDEConfig:
         for name in ("alpha_max", "epsilon", "gamma_weak", "rho_0", "rho_min", "eta", "lambda_0", "lambda_min",
                      "hellinger_weight", "subspace_weight", "snr_weight"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (0.0 <= self.warmup <= 1.0 and 0.0 <= self.momentum < 1.0):
             raise ValueError(f"warmup must be in [0, 1] and momentum in [0, 1); got {self.warmup!r}, {self.momentum!r}")
@@ -145,52 +145,83 @@ def schedule(progress: float, config: SDEConfig) -> dict[str, float]:
 
 @dataclass
 class BatchSpectrum:
-    """Spectrum of one centred batch ``C = F - mean`` (B, d), ``p = min(B, d)`` components, descending.
+    """Spectrum of one centred batch ``C = F - mean`` (B, d): ``p = min(B, d)`` components, descending.
 
-    ``energies`` (``s^2``, carries the gradient) and ``basis``: the left singular vectors (B, p) when
-    ``B <= d``, else the right ones (d, p), detached; ``left`` says which.
+    ``values`` are the singular values as ``s_i = u_i^T C v_i`` with ``u_i``, ``v_i`` detached: the
+    gradient ``u_i v_i^T`` of a singular value (exact for distinct values, and bounded whatever the
+    gaps), with no ``1 / s`` or ``1 / (s_i^2 - s_j^2)`` terms, so rank-deficient and repeated spectra
+    are safe. Components below the numerical floor have ``u_i`` or ``v_i`` set to zero (value 0, no
+    gradient). ``left`` (B, p) and ``right`` (d, p) are the singular vectors.
     """
 
     centred: object
-    energies: object
-    basis: object
-    left: bool
+    values: object
+    left_vectors: object
+    right_vectors: object
+
+    @property
+    def energies(self):
+        """``s_i^2`` (differentiable)."""
+        return self.values * self.values
+
+    @property
+    def left(self) -> bool:
+        """Whether the decomposition went through the ``B x B`` Gram matrix (``B <= d``)."""
+        return self.centred.shape[0] <= self.centred.shape[1]
+
+    @property
+    def basis(self):
+        """The singular vectors on the Gram side: left (B, p) when ``B <= d``, else right (d, p)."""
+        return self.left_vectors if self.left else self.right_vectors
 
     @property
     def singular_values(self) -> np.ndarray:
-        return np.sqrt(np.clip(self.energies.detach().double().cpu().numpy(), 0.0, None))
+        return np.abs(self.values.detach().double().cpu().numpy())
 
     def project(self, coefficients):
-        """``U diag(c) V^T`` for per-component relative changes ``c`` (p,): ``sum_i c_i s_i u_i v_i^T``."""
-        basis = self.basis
-        if self.left:
-            return (basis * coefficients) @ (basis.T @ self.centred.detach())
-        return (self.centred.detach() @ basis * coefficients) @ basis.T
+        """``U diag(c * s) V^T`` for per-component relative changes ``c`` (p,), detached."""
+        scale = coefficients * self.values.detach()
+        return (self.left_vectors * scale) @ self.right_vectors.T
 
     def top_right_vectors(self, k: int):
         """The top ``k`` right singular vectors (d, k), detached."""
-        if not self.left:
-            return self.basis[:, :k]
-        values = self.energies.detach()[:k].clamp_min(1e-30).sqrt()
-        return (self.centred.detach().T @ self.basis[:, :k]) / values
+        return self.right_vectors[:, :k]
+
+    def derivative(self, gradient):
+        """``dL/ds_i = u_i^T G v_i`` for a gradient ``G = dL/dF`` (B, d)."""
+        return ((self.left_vectors.T @ gradient) * self.right_vectors.T).sum(dim=1)
+
+
+def _unit_columns(matrix, floor_ratio: float = 1e-6):
+    """Columns scaled to unit length; columns shorter than ``floor_ratio`` times the longest become 0."""
+    norms = matrix.norm(dim=0)
+    keep = norms > floor_ratio * norms.max().clamp_min(1e-30)
+    return matrix / norms.clamp_min(1e-30) * keep
 
 
 def batch_spectrum(features) -> BatchSpectrum:
-    """Eigen-decompose the centred batch's smaller Gram matrix in float32 (autocast off).
+    """Singular values and vectors of the centred batch, from the smaller Gram matrix (float32, autocast off).
 
-    Eigenvalues of ``C C^T`` (or ``C^T C``) are the energies ``s_i^2``; their gradient
-    (``u_i u_i^T`` per value) is stable whatever the gaps, unlike that of singular vectors, which are
-    therefore detached. Negative round-off is clipped to 0.
+    ``eigh`` of ``C C^T`` (``B <= d``) or ``C^T C`` gives one side's vectors; the other side is
+    ``C^T u_i`` (or ``C v_i``) normalised. A Gram matrix that LAPACK cannot diagonalise in float32 is
+    retried in float64.
     """
     import torch
 
     with torch.autocast(features.device.type, enabled=False):
         centred = features.float() - features.float().mean(dim=0, keepdim=True)
         left = centred.shape[0] <= centred.shape[1]
-        gram = centred @ centred.T if left else centred.T @ centred
-        energies, vectors = torch.linalg.eigh(gram)
-    order = torch.arange(energies.shape[0] - 1, -1, -1, device=energies.device)
-    return BatchSpectrum(centred, energies[order].clamp_min(0.0), vectors[:, order].detach(), left)
+        detached = centred.detach()
+        gram = detached @ detached.T if left else detached.T @ detached
+        try:
+            _, vectors = torch.linalg.eigh(gram)
+        except torch.linalg.LinAlgError:
+            vectors = torch.linalg.eigh(gram.double())[1].float()
+        vectors = vectors.flip(dims=(1,))  # descending
+        other = _unit_columns(detached.T @ vectors if left else detached @ vectors)
+        u, v = (vectors, other) if left else (other, vectors)
+        values = ((u.T @ centred) * v.T).sum(dim=1)  # s_i = u_i^T C v_i
+    return BatchSpectrum(centred, values, u, v)
 
 
 class BandTracker:
@@ -211,8 +242,9 @@ class BandTracker:
         """Band labels (0 strong, 1 weak, 2 noise) of ``singular_values`` of a centred ``n x d`` batch."""
         values = np.asarray(singular_values, dtype=np.float64)
         floor = self.floor_ratio * float(values[0]) if values.size else 0.0
+        kept = values[:min(n - 1, d)]  # centring removes one dimension, as in analyze
         try:
-            part = spectrum.partition_spectrum(values, max(n - 1, 2), d, self.options, floor=floor)
+            part = spectrum.partition_spectrum(kept, max(n - 1, 2), d, self.options, floor=floor)
         except ValueError:  # fewer than two nonzero values: nothing to estimate from this batch
             part = None
         if part is not None:
@@ -258,11 +290,15 @@ def info_nce(image, text, groups, logit_scale):
     return 0.5 * (image_to_text + text_to_image)
 
 
-def hellinger_squared(energies_a, energies_b):
-    """``H^2 = 1 - sum sqrt(p_i q_i)`` between normalised energy spectra (differentiable)."""
-    p = energies_a / energies_a.sum().clamp_min(1e-30)
-    q = energies_b / energies_b.sum().clamp_min(1e-30)
-    return 1.0 - (p * q + 1e-20).sqrt().sum()
+def hellinger_squared(values_a, values_b):
+    """``H^2 = 1 - sum sqrt(p_i q_i)`` between energy spectra ``p = s^2 / sum s^2`` (differentiable).
+
+    Computed from the singular values as ``1 - <s, t> / (||s|| ||t||)`` (``sqrt(p_i) = s_i / ||s||``),
+    which has no square root of a vanishing energy in its gradient.
+    """
+    import torch.nn.functional as F
+
+    return 1.0 - (F.normalize(values_a.abs(), dim=0, eps=1e-30) * F.normalize(values_b.abs(), dim=0, eps=1e-30)).sum()
 
 
 def subspace_misalignment(first: BatchSpectrum, second: BatchSpectrum, k: int):
@@ -326,12 +362,7 @@ def loss_gradient_signs(spectra, features, groups, logit_scale, generator) -> li
     gradients = torch.autograd.grad(info_nce(inputs[0], inputs[1], groups, logit_scale.detach()), inputs)
     signs = []
     for spec, gradient in zip(spectra, gradients):
-        centred, basis = spec.centred.detach(), spec.basis
-        if spec.left:  # u_i^T G C^T u_i / s_i
-            derivative = ((basis.T @ gradient) * (basis.T @ centred)).sum(dim=1)
-        else:  # v_i^T C^T G v_i / s_i
-            derivative = ((centred @ basis) * (gradient @ basis)).sum(dim=0)
-        sign = torch.sign(derivative).cpu().numpy()
+        sign = torch.sign(spec.derivative(gradient.float())).cpu().numpy()
         random = generator.choice([-1.0, 1.0], size=sign.shape)
         signs.append(np.where(sign == 0, random, sign))
     return signs
@@ -391,6 +422,12 @@ def sde_loss(image, text, groups, logit_scale, progress: float, config: SDEConfi
         loss = info_nce(image, text, groups, logit_scale)
         terms.update(infonce=float(loss.detach()), loss=float(loss.detach()))
         return loss, terms
+    import torch
+
+    if not bool(torch.isfinite(image).all() and torch.isfinite(text).all()):  # the caller stops on a NaN loss
+        loss = info_nce(image, text, groups, logit_scale) * float("nan")
+        terms.update(infonce=float("nan"), loss=float("nan"))
+        return loss, terms
     spectra = [batch_spectrum(image), batch_spectrum(text)]
     batch, dim = image.shape
     labels = [tracker.update(spec.singular_values, batch, dim) for tracker, spec in zip(state.trackers, spectra)]
@@ -411,7 +448,7 @@ def sde_loss(image, text, groups, logit_scale, progress: float, config: SDEConfi
     loss = contrastive
     terms["infonce"] = float(contrastive.detach())
     if config.hellinger_weight > 0:
-        hellinger = hellinger_squared(spectra[0].energies, spectra[1].energies)
+        hellinger = hellinger_squared(spectra[0].values, spectra[1].values)
         loss = loss + weights["lambda"] * config.hellinger_weight * hellinger
         terms["hellinger2"] = float(hellinger.detach())
     if config.subspace_weight > 0:

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 PURE = ["sdetool.rmt", "sdetool.spectrum", "sdetool.metrics", "sdetool.gram", "sdetool.checks", "sdetool.data.synthetic",
-        "sdetool.checkpoint", "sdetool.data.fashion_mnist", "sdetool.data.items", "sdetool.models", "sdetool.models.base"]
+        "sdetool.checkpoint", "sdetool.data.fashion_mnist", "sdetool.data.items", "sdetool.models", "sdetool.models.base",
+        "sdetool.sde", "sdetool.evaluation", "sdetool.finetune_data", "sdetool.runfolder"]
 FORBIDDEN = ["h5py", "typer", "rich", "matplotlib", "torch", "pandas"]
 
 
@@ -22,14 +23,15 @@ def test_math_modules_import_no_io_ui_or_framework(module):
     assert not loaded & set(FORBIDDEN), f"{module} pulls in {sorted(loaded & set(FORBIDDEN))}"
 
 
-@pytest.mark.parametrize("command", ["analyze", "extract", "models"])
+@pytest.mark.parametrize("command", ["analyze", "extract", "finetune", "models"])
 def test_cli_help_imports_no_numerics(command):
     loaded = _loaded_after(f"from sdetool.cli import app; from typer.testing import CliRunner; CliRunner().invoke(app, ['{command}', '--help'])")
     assert not loaded & {"numpy", "scipy", "h5py", "torch", "pandas", "matplotlib", "transformers"}
 
 
 def test_model_modules_import_torch_and_transformers_lazily():
-    loaded = _loaded_after("import sdetool.models.lit, sdetool.models.hf, sdetool.models.st, sdetool.models.openclip, sdetool.extract")
+    loaded = _loaded_after("import sdetool.models.lit, sdetool.models.hf, sdetool.models.st, sdetool.models.openclip, sdetool.extract, "
+                           "sdetool.finetune, sdetool.finetune_targets")
     assert not loaded & {"torch", "transformers", "h5py"}
 
 
