@@ -576,15 +576,28 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                     reason="torch.distributed with gloo is not available")
+@pytest.mark.xfail(strict=True, reason="BUG: under torchrun finetune deadlocks in the 'before' evaluation: evaluate() "
+                   "runs inside on_main (rank 0 only) and calls analyze(), which joins the process group and all-reduces "
+                   "its Gram statistics while rank 1 waits in broadcast_object_list; only config.json is ever written. "
+                   "Expected exit 0 within seconds (keeping analyze() local to rank 0 makes it finish in ~9 s here)")
 def test_torchrun_two_ranks_write_one_run_folder(pairs, tmp_path):
     out = str(tmp_path / "run")
     summary = tmp_path / "result.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "sdetool", *map(str, _head(pairs["path"], out, "--steps", 4, "--device", "cpu",
-                                                                               "--json", summary))],
-        env=_env(), timeout=180, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "-m", "sdetool",
+               *map(str, _head(pairs["path"], out, "--steps", 4, "--device", "cpu", "--json", summary))]
+    process = subprocess.Popen(command, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=45)  # about 10 s when it works
+    except subprocess.TimeoutExpired:
+        stuck = sorted(os.listdir(out)) if os.path.isdir(out) else []
+        pytest.fail(f"torchrun still running after 45 s; the run folder holds {stuck}")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks
+            process.communicate(timeout=30)
+    assert process.returncode == 0, stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["result.json", "run"]
     document = json.loads(summary.read_text())  # written once, by rank 0
     assert document["status"] == "trained" and document["steps"] == 4 and document["device"] == "cpu"
