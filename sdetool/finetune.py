@@ -425,13 +425,12 @@ class TrainingLoop:
             image, text = self.target.features(self.data.train, rows, inputs)
         loss, terms = sde_loss(image, text, self.groups[rows], self.target.logit_scale, step / options.steps,
                                self.method, self.state)
-        if not math.isfinite(terms["loss"]):
-            raise TrainingError(f"the loss became {terms['loss']} at step {step}; training stopped. The last good "
-                                f"checkpoint (step {self.last_saved}) is in {self.folder.file(CHECKPOINT)}; try a lower "
-                                "--learning-rate, then --resume")
+        if not math.isfinite(terms["loss"]) and not self.world.distributed:
+            self._fail(step, terms["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self._average_gradients()
+        if not self._average_gradients():  # a rank's NaN loss reaches every rank through the gradients
+            self._fail(step, terms["loss"])
         self.scaler.unscale_(self.optimizer)
         if options.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.target.parameters(), options.clip_grad)
@@ -443,21 +442,41 @@ class TrainingLoop:
         terms["logit_scale"] = float(self.target.logit_scale.detach())
         return terms
 
-    def _average_gradients(self) -> None:
+    def _fail(self, step: int, value: float) -> None:
+        raise TrainingError(f"the loss became {value} at step {step} (or, under torchrun, on another rank); training "
+                            f"stopped. The last good checkpoint (step {self.last_saved}) is in "
+                            f"{self.folder.file(CHECKPOINT)}; try a lower --learning-rate, then --resume")
+
+    def _average_gradients(self) -> bool:
+        """All-reduce the gradients (mean over ranks); False when they are not finite on some rank."""
         if not self.world.distributed:
-            return
+            return True
         import torch
         import torch.distributed as dist
 
         params = [p for p in self.target.parameters() if p.grad is not None]
         flat = torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in params])
         dist.all_reduce(flat)
+        if not bool(torch.isfinite(flat).all()):
+            return False
         flat /= self.world.size
         offset = 0
         for p in params:
             count = p.grad.numel()
             p.grad.copy_(flat[offset:offset + count].reshape(p.grad.shape).to(p.grad.device, p.grad.dtype))
             offset += count
+        return True
+
+    def _stop_requested(self, stop: list) -> bool:
+        """Whether any rank was interrupted: every rank must stop after the same step."""
+        if not self.world.distributed:
+            return bool(stop)
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if stop else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
 
     # -- the loop --
 
@@ -490,10 +509,11 @@ class TrainingLoop:
                 terms = self.step(step)
                 if step % options.log_every == 0 or step == options.steps - 1:
                     pending.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **terms})
-                if stop or ((step + 1) % options.checkpoint_every == 0 and step + 1 < options.steps):
+                stopping = self._stop_requested(stop) and step + 1 < options.steps
+                if stopping or ((step + 1) % options.checkpoint_every == 0 and step + 1 < options.steps):
                     on_main(self.world, lambda: (self.folder.append_metrics(pending), self.save(step + 1)))
                     pending = []
-                if stop:
+                if stopping:
                     raise TrainingInterrupted(f"interrupted after step {step + 1} of {options.steps}; a checkpoint was "
                                               f"saved in {self.folder.path}: run the same command with --resume to continue")
                 progress.advance(1, f"loss {terms['loss']:.4f}")

@@ -163,7 +163,11 @@ def finetune_rows(evaluation: dict) -> list[tuple[str, float | None, float | Non
     rows: list[tuple[str, float | None, float | None]] = []
     if "zero_shot_accuracy" in before or "zero_shot_accuracy" in after:
         rows.append(("zero-shot accuracy", before.get("zero_shot_accuracy"), after.get("zero_shot_accuracy")))
-    for name in before.get("recall", {}):
+    def recall_order(name: str) -> tuple:
+        direction, _, k = name.rpartition("@")
+        return direction, int(k) if k.isdigit() else 0
+
+    for name in sorted(before.get("recall", {}), key=recall_order):
         rows.append((name.replace("_", " "), before["recall"][name], after.get("recall", {}).get(name)))
     for key in before.get("bands", {}):
         for band in ("strong", "weak", "noise"):

@@ -156,7 +156,8 @@ def test_head_run_folder(head_run, pairs):
     assert metadata["step"] == 6 and metadata["finished"] is True
     checkpoint = load_tensors(os.path.join(out, "checkpoint.safetensors"))
     weights = load_file(os.path.join(out, "model.safetensors"))
-    assert sorted(weights) == ["image_head.bias", "image_head.weight", "logit_scale", "text_head.bias", "text_head.weight"]
+    assert sorted(weights) == ["image_head.bias", "image_head.weight", "logit_scale", "text_head.bias",
+                               "text_head.weight"]
     assert weights["image_head.weight"].shape == (DIM, DIM)
     for key, value in weights.items():  # the final checkpoint holds the final weights
         assert torch.equal(checkpoint[f"target.{key}"], value), key
@@ -173,7 +174,8 @@ def test_head_run_folder(head_run, pairs):
             assert sum(record[key]) == pytest.approx(1.0, abs=1e-9)
     # The curriculum (METHOD.md section 7, default ramp: linear over the first half): alpha rises from
     # 0, rho and lambda fall to their floors.
-    assert records[0]["alpha"] == 0.0 and records[0]["rho"] == pytest.approx(0.55) and records[0]["lambda"] == pytest.approx(1.1)
+    assert records[0]["alpha"] == 0.0 and records[0]["rho"] == pytest.approx(0.55)
+    assert records[0]["lambda"] == pytest.approx(1.1)
     assert records[-1]["alpha"] == pytest.approx(0.2) and records[-1]["rho"] == pytest.approx(0.05)
     assert records[-1]["lambda"] == pytest.approx(0.1)
     assert all(a["alpha"] <= b["alpha"] and a["rho"] >= b["rho"] for a, b in zip(records, records[1:]))
@@ -218,7 +220,8 @@ def test_exported_embeddings_are_what_eval_json_reports(head_run, pairs):
             reported = evaluation[stage]["bands"][key]
             for band in BANDS:
                 assert reported[band]["count"] == analysed["bands"][band]["count"]
-                assert reported[band]["energy_share"] == pytest.approx(analysed["bands"][band]["energy_share"], abs=1e-12)
+                expected = analysed["bands"][band]["energy_share"]
+                assert reported[band]["energy_share"] == pytest.approx(expected, abs=1e-12)
             assert reported["effective_rank"] == pytest.approx(analysed["metrics"]["effective_rank"], abs=1e-9)
     for key in ("image", "text"):
         with store.open_matrices(os.path.join(out, "embeddings_before.h5"))[key].reader() as read:
@@ -247,7 +250,8 @@ def test_json_to_stdout_overwrite_and_a_finished_resume(pairs, tmp_path):
     done = json.loads(_assert_ok(_invoke(_head(pairs["path"], out, "--steps", 2, "--resume", "--json", "-"))).stdout)
     assert done["status"] == "already complete" and done["evaluation"] == document["evaluation"]
 
-    again = json.loads(_assert_ok(_invoke(_head(pairs["path"], out, "--steps", 3, "--overwrite", "--json", "-"))).stdout)
+    again = _assert_ok(_invoke(_head(pairs["path"], out, "--steps", 3, "--overwrite", "--json", "-")))
+    again = json.loads(again.stdout)
     assert again["status"] == "trained" and again["steps"] == 3
     assert [r["step"] for r in _records(out)] == [0, 1, 2]  # the old run's log is gone
     assert _json(out, "config.json")["training"]["steps"] == 3
@@ -322,7 +326,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(pairs, uninterrupted, tmp
     checkpoint = os.path.join(out, "checkpoint.safetensors")
     assert read_metadata(checkpoint)["step"] == 5 and read_metadata(checkpoint)["finished"] is False
     assert [r["step"] for r in _records(out)] == [0, 1, 2, 3, 4]
-    assert not os.path.exists(os.path.join(out, "model.safetensors")) and not os.path.exists(os.path.join(out, "eval.json"))
+    assert not any(os.path.exists(os.path.join(out, name)) for name in ("model.safetensors", "eval.json"))
 
     # The CLI resumes what the library began; checkpoint spacing is not part of the configuration.
     result = _assert_ok(_invoke(_head(pairs["path"], out, "--steps", RESUME_STEPS, "--checkpoint-every", 4, "--resume",
@@ -384,6 +388,79 @@ def test_ctrl_c_saves_a_resumable_checkpoint(pairs, uninterrupted, tmp_path):
     _assert_same_tensors(os.path.join(out, "model.safetensors"), os.path.join(uninterrupted, "model.safetensors"),
                          atol=1e-6)
     assert [r["step"] for r in _records(out)] == list(range(RESUME_STEPS))
+
+
+# The CLI as `python -m sdetool`, except that the evaluation before or after training (argv[1]) first
+# waits a minute: a signal then lands inside that evaluation whatever the machine's speed.
+_PAUSED_EVALUATION_CLI = """
+import runpy, sys, time
+import sdetool.finetune as finetune
+paused_label = sys.argv.pop(1)
+evaluate = finetune.evaluate
+def paused(target, data, export, label):
+    if label == paused_label:
+        time.sleep(60)
+    return evaluate(target, data, export, label)
+finetune.evaluate = paused
+runpy.run_module("sdetool", run_name="__main__", alter_sys=True)
+"""
+
+
+def _signal_during_evaluation(label, args, ready, signum):
+    """Run the CLI with its ``label`` evaluation paused, send ``signum`` once ``ready()``; returns (code, stderr)."""
+    process = subprocess.Popen([sys.executable, "-c", _PAUSED_EVALUATION_CLI, label, "finetune", *map(str, args)],
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert process.poll() is None, f"exited early ({process.returncode}): {process.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "not ready within 120 s"
+            time.sleep(0.02)
+        time.sleep(0.2)  # into the paused evaluation
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+    return process.returncode, stderr
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: RunFolder.truncate_metrics keeps the record of step k when resuming from "
+                   "checkpoint k, but the resumed loop runs step k again: a run killed after its last metrics were "
+                   "logged (here during the final evaluation, checkpoint at step 9) logs step 9 twice after --resume: "
+                   "expected steps 0..11 once each, got [..., 8, 9, 9, 10, 11]")
+def test_killed_after_the_last_log_resumes_without_duplicate_records(pairs, uninterrupted, tmp_path):
+    out = str(tmp_path / "run")
+    def logged() -> bool:
+        return os.path.isfile(os.path.join(out, "metrics.jsonl")) and len(_records(out)) == RESUME_STEPS
+
+    code, _ = _signal_during_evaluation("after", _resume_args(pairs, out)[1:], logged, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert read_metadata(os.path.join(out, "checkpoint.safetensors"))["step"] == 9  # the last of every 3rd step
+    assert not os.path.exists(os.path.join(out, "model.safetensors"))
+
+    _assert_ok(_invoke(_resume_args(pairs, out, "--resume")))
+    _assert_same_tensors(os.path.join(out, "model.safetensors"), os.path.join(uninterrupted, "model.safetensors"),
+                         atol=1e-6)
+    assert [r["step"] for r in _records(out)] == list(range(RESUME_STEPS))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Ctrl-C during the evaluation before training says 'interrupted; no "
+                   "output was written', but the run folder already holds config.json, so the same command is then "
+                   "refused ('holds a run already'); expected the message to say how to go on (--resume, which works)")
+def test_ctrl_c_before_training_names_the_way_on(pairs, tmp_path):
+    out = str(tmp_path / "run")
+    args = _head(pairs["path"], out, "--steps", 3)
+    started = lambda: os.path.isfile(os.path.join(out, "config.json"))  # noqa: E731
+    code, stderr = _signal_during_evaluation("before", args[1:], started, signal.SIGINT)
+    assert code == 130 and "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sdetool: error: interrupted"), lines
+    assert os.listdir(out) == ["config.json"]
+    _assert_error(_invoke(args), 2, "holds a run already")
+    assert json.loads(_assert_ok(_invoke(args + ["--resume", "--json", "-"])).stdout)["status"] == "trained"
+    assert "no output was written" not in lines[0] and "--resume" in lines[0], lines[0]
 
 
 # --- refusals: exit 2, one line, nothing written --------------------------------------------------------
@@ -481,7 +558,7 @@ def test_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(pairs, tmp_path):
     assert metadata["step"] == 0 and metadata["finished"] is False
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
     assert torch.equal(tensors["target.image_head.weight"], torch.eye(DIM))  # the state before any step
-    assert not os.path.exists(os.path.join(out, "model.safetensors")) and not os.path.exists(os.path.join(out, "eval.json"))
+    assert not any(os.path.exists(os.path.join(out, name)) for name in ("model.safetensors", "eval.json"))
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: after a NaN loss the message says 'try a lower --learning-rate, then "
@@ -499,7 +576,8 @@ def test_nan_advice_lower_learning_rate_then_resume_works(pairs, tmp_path):
 @pytest.mark.xfail(strict=True, reason="BUG: with --checkpoint-every 1 the 'last good checkpoint (step k)' of the NaN "
                    "message is the state whose loss at step k is the NaN itself (the check runs on the loss before the "
                    "update, after the checkpoint of that state was saved): expected a checkpoint older than the "
-                   "failing step, got 'nan at step 3 ... last good checkpoint (step 3)'; resuming it fails again at once")
+                   "failing step, got 'nan at step 3 ... last good checkpoint (step 3)'; resuming it fails again "
+                   "at once")
 def test_nan_last_good_checkpoint_precedes_the_failing_step(pairs, tmp_path):
     out = str(tmp_path / "run")
     args = _head(pairs["path"], out, "--steps", 10, "--checkpoint-every", 1, "--learning-rate", 1e10)
@@ -574,10 +652,28 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _kill_tree(process) -> None:
+    """SIGKILL a launcher and its descendants (torchrun starts each rank in a session of its own)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=30)
+    process.communicate(timeout=30)
+
+
 @pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                     reason="torch.distributed with gloo is not available")
-@pytest.mark.xfail(strict=True, reason="BUG: under torchrun finetune deadlocks in the 'before' evaluation: evaluate() "
-                   "runs inside on_main (rank 0 only) and calls analyze(), which joins the process group and all-reduces "
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="BUG: under torchrun finetune deadlocks in the 'before' evaluation: evaluate() runs "
+                   "inside on_main (rank 0 only) and calls analyze(), which joins the process group and all-reduces "
                    "its Gram statistics while rank 1 waits in broadcast_object_list; only config.json is ever written. "
                    "Expected exit 0 within seconds (keeping analyze() local to rank 0 makes it finish in ~9 s here)")
 def test_torchrun_two_ranks_write_one_run_folder(pairs, tmp_path):
@@ -589,14 +685,11 @@ def test_torchrun_two_ranks_write_one_run_folder(pairs, tmp_path):
     process = subprocess.Popen(command, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        _, stderr = process.communicate(timeout=45)  # about 10 s when it works
+        _, stderr = process.communicate(timeout=35)  # about 10 s when it works
     except subprocess.TimeoutExpired:
         stuck = sorted(os.listdir(out)) if os.path.isdir(out) else []
-        pytest.fail(f"torchrun still running after 45 s; the run folder holds {stuck}")
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks
-            process.communicate(timeout=30)
+        _kill_tree(process)
+        pytest.fail(f"torchrun still running after 35 s; the run folder holds {stuck}")
     assert process.returncode == 0, stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["result.json", "run"]
     document = json.loads(summary.read_text())  # written once, by rank 0
