@@ -282,6 +282,7 @@ def analyze(
     options: AnalysisOptions | None = None,
     *,
     progress: Progress | None = None,
+    local: bool = False,
 ) -> AnalysisReport:
     """Analyze the singular spectrum of every embedding set of the input.
 
@@ -294,6 +295,8 @@ def analyze(
     options : AnalysisOptions, optional
     progress : Progress, optional
         Receives streaming progress.
+    local : bool
+        Analyze in this process alone, even under ``torchrun`` (for a caller that runs on one rank).
 
     Returns
     -------
@@ -309,7 +312,7 @@ def analyze(
     options = options or AnalysisOptions()
     specs = [inputs] if isinstance(inputs, str) else list(inputs)
     opened = open_inputs(specs, keys)
-    world = current_world()
+    world = World() if local else current_world()
     need_vectors = len(opened) > 1
     results: dict[str, SetAnalysis] = {}
     for key, shards in opened.items():

@@ -20,7 +20,7 @@ import numpy as np
 from sdetool import __version__
 from sdetool.errors import BadInputError, TrainingError, TrainingInterrupted
 from sdetool.finetune_data import POSITIVES, PairData, PairSet
-from sdetool.runfolder import CHECKPOINT, EVAL, SCHEMA, WEIGHTS, RunFolder
+from sdetool.runfolder import CHECKPOINT, EVAL, PENDING, SCHEMA, WEIGHTS, RunFolder
 from sdetool.sde import SDEConfig, SDEState, sde_loss
 
 LOSSES = ("sde", "infonce")
@@ -243,7 +243,7 @@ def write_embeddings(path: str, image: np.ndarray, text: np.ndarray, ids: list[s
 def _bands(path: str) -> dict:
     from sdetool.analysis import analyze
 
-    report = analyze(path)
+    report = analyze(path, local=True)  # evaluation runs on rank 0 alone
     result = {}
     for key, analysed in report.sets.items():
         summary = analysed.to_dict()
@@ -301,16 +301,21 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
     if saved is not None and saved.get("finished"):
         return FinetuneResult(out, "already complete", options.steps, options.steps, folder.read_json(EVAL), 0.0, 0.0,
                               device, data.notes + ["nothing to do: the run is complete"])
-    before = _before(folder, target, data, options, world, saved)
-    loop = TrainingLoop(folder, target, data, options, world, device)
-    if saved is not None:
-        start = loop.restore()
-    else:  # a first checkpoint, so that there always is a last good one
-        start = 0
-        on_main(world, lambda: loop.save(0))
-    seconds_per_step = loop.run(start, progress or Progress())
-    after = on_main(world, lambda: evaluate(target, data, folder.file("embeddings_after.h5") if options.export_embeddings
-                                            else None, "after"))
+    try:
+        before = _before(folder, target, data, options, world, saved)
+        loop = TrainingLoop(folder, target, data, options, world, device)
+        if saved is not None:
+            start = loop.restore()
+        else:  # a first checkpoint, so that there always is a last good one
+            start = 0
+            on_main(world, lambda: loop.save(0))
+        seconds_per_step = loop.run(start, progress or Progress())
+        on_main(world, lambda: loop.save(options.steps, promote=True))  # an interrupted final evaluation resumes here
+        after = on_main(world, lambda: evaluate(target, data, folder.file("embeddings_after.h5") if options.export_embeddings
+                                                else None, "after"))
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted outside a training step; {out} holds the run: run the same command "
+                                  "with --resume to continue") from None
     evaluation_result = {"before": before, "after": after}
 
     def finish() -> None:
@@ -318,7 +323,7 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
 
         write_json(folder.file(EVAL), evaluation_result)
         save_tensors(folder.file(WEIGHTS), target.state(), {"config": config["training"]})
-        loop.save(options.steps, finished=True)
+        loop.save(options.steps, finished=True, promote=True)
 
     on_main(world, finish)
     return FinetuneResult(out, "trained", options.steps, start, evaluation_result, time.perf_counter() - started,
@@ -355,13 +360,19 @@ class TrainingLoop:
         self.optimizer = torch.optim.AdamW(target.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
         self.state = SDEState.create(self.method, options.seed)
         self.scaler = torch.amp.GradScaler(enabled=options.precision == "fp16" and device.startswith("cuda"))
-        self.last_saved = 0
+        self.last_saved: int | None = None
+        self.pending: int | None = None
         self._prefetcher = None
         self._next = None
 
     # -- checkpoints --
 
-    def save(self, step: int, finished: bool = False) -> None:
+    def save(self, step: int, finished: bool = False, promote: bool = False) -> None:
+        """Write the state after ``step`` steps as the pending checkpoint.
+
+        It becomes *the* checkpoint (:meth:`promote`) once the next step's loss has come out finite, so a
+        checkpoint is never a state that leads straight to a NaN; ``promote`` does that at once.
+        """
         import torch
 
         from sdetool.runfolder import flatten_optimizer, save_tensors
@@ -371,8 +382,23 @@ class TrainingLoop:
         tensors["rng.torch"] = torch.get_rng_state()
         metadata = {"step": step, "finished": finished, "optimizer": optimizer, "method_state": self.state.state(),
                     "scaler": self.scaler.state_dict(), "training": self.options.training_config()}
-        save_tensors(self.folder.file(CHECKPOINT), tensors, metadata)
-        self.last_saved = step
+        save_tensors(self.folder.file(PENDING), tensors, metadata)
+        self.pending = step
+        if promote:
+            self.promote()
+
+    def promote(self) -> None:
+        """The pending checkpoint has proved good: make it the checkpoint."""
+        if self.pending is None:
+            return
+        if self.world.is_main:
+            os.replace(self.folder.file(PENDING), self.folder.file(CHECKPOINT))
+        self.last_saved, self.pending = self.pending, None
+
+    def _discard_pending(self) -> None:
+        if self.world.is_main and self.pending is not None and os.path.exists(self.folder.file(PENDING)):
+            os.remove(self.folder.file(PENDING))
+        self.pending = None
 
     def restore(self) -> int:
         import torch
@@ -431,6 +457,7 @@ class TrainingLoop:
         self.scaler.scale(loss).backward()
         if not self._average_gradients():  # a rank's NaN loss reaches every rank through the gradients
             self._fail(step, terms["loss"])
+        self.promote()  # the state this step started from gave a finite loss
         self.scaler.unscale_(self.optimizer)
         if options.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.target.parameters(), options.clip_grad)
@@ -443,9 +470,12 @@ class TrainingLoop:
         return terms
 
     def _fail(self, step: int, value: float) -> None:
-        raise TrainingError(f"the loss became {value} at step {step} (or, under torchrun, on another rank); training "
-                            f"stopped. The last good checkpoint (step {self.last_saved}) is in "
-                            f"{self.folder.file(CHECKPOINT)}; try a lower --learning-rate, then --resume")
+        self._discard_pending()
+        where = (f"the last good checkpoint (step {self.last_saved}) is in {self.folder.file(CHECKPOINT)}: add --resume "
+                 "with a lower --learning-rate to continue from it" if self.last_saved is not None else
+                 "the starting model itself gives it, so there is no good checkpoint")
+        raise TrainingError(f"the loss became {value} at step {step} (or, under torchrun, on another rank); "
+                            f"training stopped; {where}")
 
     def _average_gradients(self) -> bool:
         """All-reduce the gradients (mean over ranks); False when they are not finite on some rank."""
@@ -511,7 +541,7 @@ class TrainingLoop:
                     pending.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **terms})
                 stopping = self._stop_requested(stop) and step + 1 < options.steps
                 if stopping or ((step + 1) % options.checkpoint_every == 0 and step + 1 < options.steps):
-                    on_main(self.world, lambda: (self.folder.append_metrics(pending), self.save(step + 1)))
+                    on_main(self.world, lambda: (self.folder.append_metrics(pending), self.save(step + 1, promote=stopping)))
                     pending = []
                 if stopping:
                     raise TrainingInterrupted(f"interrupted after step {step + 1} of {options.steps}; a checkpoint was "

@@ -22,10 +22,13 @@ from sdetool.errors import BadInputError
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
+PENDING = "checkpoint.next.safetensors"  # written, not yet proven good (see TrainingLoop.save)
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 SCHEMA = "sdetool.finetune/1"
+# Options a resume may change (after a NaN, say); config.json records each change and its step.
+RESUME_MAY_CHANGE = ("learning_rate",)
 
 
 def write_atomic(path: str, write) -> None:
@@ -103,11 +106,21 @@ class RunFolder:
             write_json(self.file(CONFIG), config)
             return None
         saved = self.read_json(CONFIG)
-        difference = config_difference(saved.get("training", {}), config["training"])
+        training = dict(saved.get("training", {}))
+        changed = {name: (training.get(name), config["training"][name]) for name in RESUME_MAY_CHANGE
+                   if training.get(name) != config["training"][name]}
+        training.update({name: new for name, (_, new) in changed.items()})
+        difference = config_difference(training, config["training"])
         if difference:
             raise BadInputError(f"--resume: {self.path} was made with another configuration: " + "; ".join(difference[:6])
                                 + (f" (and {len(difference) - 6} more)" if len(difference) > 6 else ""))
-        return read_metadata(self.file(CHECKPOINT)) if os.path.isfile(self.file(CHECKPOINT)) else None
+        metadata = read_metadata(self.file(CHECKPOINT)) if os.path.isfile(self.file(CHECKPOINT)) else None
+        if changed and not (metadata or {}).get("finished"):
+            step = metadata["step"] if metadata else 0
+            saved["training"] = training
+            saved.setdefault("changes", []).append({"from_step": step, **{k: list(v) for k, v in changed.items()}})
+            write_json(self.file(CONFIG), saved)
+        return metadata
 
     def read_json(self, name: str) -> dict:
         try:
@@ -122,12 +135,12 @@ class RunFolder:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
 
     def truncate_metrics(self, last_step: int) -> None:
-        """Drop logged records past ``last_step`` (a resume replays those steps)."""
+        """Drop logged records of steps ``last_step`` and later (a resume from checkpoint ``last_step`` replays them)."""
         path = self.file(METRICS)
         if not os.path.isfile(path):
             return
         with open(path) as handle:
-            kept = [line for line in handle if line.strip() and json.loads(line).get("step", 0) <= last_step]
+            kept = [line for line in handle if line.strip() and json.loads(line).get("step", 0) < last_step]
 
         def write(temporary: str) -> None:
             with open(temporary, "w") as out:
