@@ -83,7 +83,7 @@ def markdown(summary: dict, seeds: list[int]) -> str:
              "|---|---|" + "---|" * len(losses)]
     for label, row in summary.items():
         scale = 1 if "rank" in label else 100
-        cells = [f"{scale * m:.2f} ± {scale * s:.2f}" for m, s in [row["before"]] + [row[l] for l in losses]]
+        cells = [f"{scale * m:.3f} ± {scale * s:.3f}" for m, s in [row["before"]] + [row[l] for l in losses]]
         lines.append(f"| {label}{'' if scale == 1 else ' (%)'} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

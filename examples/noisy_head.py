@@ -94,7 +94,7 @@ def main() -> int:
                            float(np.std([lookup(r["after"], key) for r in rs]))) for loss, rs in runs.items()})
         summary[label] = row
         scale = 1 if "rank" in label else 100
-        cells = [f"{scale * m:.2f} ± {scale * s:.2f}" for m, s in (row["before"], row["sde"], row["infonce"])]
+        cells = [f"{scale * m:.3f} ± {scale * s:.3f}" for m, s in (row["before"], row["sde"], row["infonce"])]
         lines.append(f"| {label}{'' if scale == 1 else ' (%)'} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "summary.json"), "w") as handle:
