@@ -1,0 +1,256 @@
+"""The training loop of ``sdetool finetune``: batches, the step, checkpoints, interruptions.
+
+One step (:meth:`TrainingLoop.step`): this rank's rows of the global batch of that step (a seeded
+permutation per epoch, so a resumed run reads the same batches), images decoded ahead by a thread,
+features from the target under autocast, the loss of :mod:`sdetool.sde`, backward, an all-reduce of
+the gradients under ``torchrun`` (DDP's arithmetic), gradient clipping and an AdamW step with linear
+warm-up and cosine decay.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+
+from sdetool.errors import TrainingError, TrainingInterrupted
+from sdetool.finetune_data import PairData
+from sdetool.runfolder import CHECKPOINT, PENDING, RunFolder
+from sdetool.sde import SDEState, sde_loss
+
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def batch_rows(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Training rows of global step ``step``: epoch ``e`` walks a permutation seeded by ``(seed, e)``.
+
+    A function of the step alone, so a resumed run sees the batches an uninterrupted one would.
+    """
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def learning_rate_factor(step: int, steps: int, warmup: float) -> float:
+    """Linear warm-up over ``warmup * steps`` steps, then cosine decay to 0 at ``steps``."""
+    warm = max(1, int(round(warmup * steps)))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+
+
+class TrainingLoop:
+    """The optimizer, the method's state, checkpoints, and the loop itself (``options``: a ``FinetuneOptions``)."""
+
+    def __init__(self, folder: RunFolder, target, data: PairData, options, world, device: str) -> None:
+        import torch
+
+        self.folder, self.target, self.data, self.options, self.world = folder, target, data, options, world
+        self.device = device
+        self.method = options.method
+        self.groups = torch.from_numpy(data.train.groups(options.positives)).to(device)
+        self.optimizer = torch.optim.AdamW(target.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+        self.state = SDEState.create(self.method, options.seed)
+        self.scaler = torch.amp.GradScaler(enabled=options.precision == "fp16" and device.startswith("cuda"))
+        self.last_saved: int | None = None
+        self.pending: int | None = None
+        self._prefetcher = None
+        self._next = None
+
+    # -- checkpoints --
+
+    def save(self, step: int, finished: bool = False, promote: bool = False) -> None:
+        """Write the state after ``step`` steps as the pending checkpoint.
+
+        It becomes *the* checkpoint (:meth:`promote`) once the next step's loss has come out finite, so a
+        checkpoint is never a state that leads straight to a NaN; ``promote`` does that at once.
+        """
+        import torch
+
+        from sdetool.runfolder import flatten_optimizer, save_tensors
+
+        tensors, optimizer = flatten_optimizer(self.optimizer)
+        tensors.update({f"target.{k}": v for k, v in self.target.state().items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        metadata = {"step": step, "finished": finished, "optimizer": optimizer, "method_state": self.state.state(),
+                    "scaler": self.scaler.state_dict(), "training": self.options.training_config()}
+        save_tensors(self.folder.file(PENDING), tensors, metadata)
+        self.pending = step
+        if promote:
+            self.promote()
+
+    def promote(self) -> None:
+        """The pending checkpoint has proved good: make it the checkpoint."""
+        if self.pending is None:
+            return
+        if self.world.is_main:
+            os.replace(self.folder.file(PENDING), self.folder.file(CHECKPOINT))
+        self.last_saved, self.pending = self.pending, None
+
+    def _discard_pending(self) -> None:
+        if self.world.is_main and self.pending is not None and os.path.exists(self.folder.file(PENDING)):
+            os.remove(self.folder.file(PENDING))
+        self.pending = None
+
+    def restore(self) -> int:
+        import torch
+
+        from sdetool.runfolder import load_tensors, read_metadata, unflatten_optimizer
+
+        path = self.folder.file(CHECKPOINT)
+        metadata, tensors = read_metadata(path), load_tensors(path)
+        self.target.load_state({k[len("target."):]: v for k, v in tensors.items() if k.startswith("target.")})
+        self.optimizer.load_state_dict(unflatten_optimizer(tensors, metadata["optimizer"]))
+        self.state.load(metadata["method_state"])
+        if metadata.get("scaler"):
+            self.scaler.load_state_dict(metadata["scaler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.last_saved = int(metadata["step"])
+        self.folder.truncate_metrics(self.last_saved)
+        return self.last_saved
+
+    # -- one step --
+
+    def rows(self, step: int) -> np.ndarray:
+        """This rank's share of the global batch of ``step``."""
+        rows = batch_rows(step, len(self.data.train), self.options.batch_size, self.options.seed)
+        return rows[self.world.rank::self.world.size]
+
+    def inputs(self, step: int):
+        """The decoded inputs of ``step``, prepared by a background thread while the previous step ran."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(max_workers=1)
+        pending, self._next = self._next, None
+        inputs = pending[1].result() if pending is not None and pending[0] == step else \
+            self.target.load_inputs(self.data.train, self.rows(step))
+        if step + 1 < self.options.steps:
+            self._next = (step + 1, self._prefetcher.submit(self.target.load_inputs, self.data.train, self.rows(step + 1)))
+        return inputs
+
+    def step(self, step: int) -> dict:
+        import torch
+
+        options = self.options
+        rows = self.rows(step)
+        inputs = self.inputs(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = options.learning_rate * learning_rate_factor(step, options.steps, options.lr_warmup)
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        dtype = getattr(torch, PRECISIONS[options.precision])
+        with torch.autocast(device_type, dtype=dtype, enabled=options.precision != "fp32"):
+            image, text = self.target.features(self.data.train, rows, inputs)
+        loss, terms = sde_loss(image, text, self.groups[rows], self.target.logit_scale, step / options.steps,
+                               self.method, self.state)
+        if not math.isfinite(terms["loss"]) and not self.world.distributed:
+            self._fail(step, terms["loss"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if not self._average_gradients():  # a rank's NaN loss reaches every rank through the gradients
+            self._fail(step, terms["loss"])
+        self.promote()  # the state this step started from gave a finite loss
+        self.scaler.unscale_(self.optimizer)
+        if options.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.target.parameters(), options.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with torch.no_grad():
+            self.target.logit_scale.clamp_(0.0, math.log(100.0))  # CLIP's cap on the inverse temperature
+        terms["lr"] = self.optimizer.param_groups[0]["lr"]
+        terms["logit_scale"] = float(self.target.logit_scale.detach())
+        return terms
+
+    def _fail(self, step: int, value: float) -> None:
+        self._discard_pending()
+        where = (f"the last good checkpoint (step {self.last_saved}) is in {self.folder.file(CHECKPOINT)}: add --resume "
+                 "with a lower --learning-rate to continue from it" if self.last_saved is not None else
+                 "the starting model itself gives it, so there is no good checkpoint")
+        raise TrainingError(f"the loss became {value} at step {step} (or, under torchrun, on another rank); "
+                            f"training stopped; {where}")
+
+    def _average_gradients(self) -> bool:
+        """All-reduce the gradients (mean over ranks); False when they are not finite on some rank."""
+        if not self.world.distributed:
+            return True
+        import torch
+        import torch.distributed as dist
+
+        params = [p for p in self.target.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in params])
+        dist.all_reduce(flat)
+        if not bool(torch.isfinite(flat).all()):
+            return False
+        flat /= self.world.size
+        offset = 0
+        for p in params:
+            count = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + count].reshape(p.grad.shape).to(p.grad.device, p.grad.dtype))
+            offset += count
+        return True
+
+    def _stop_requested(self, stop: list) -> bool:
+        """Whether any rank was interrupted: every rank must stop after the same step."""
+        if not self.world.distributed:
+            return bool(stop)
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if stop else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    # -- the loop --
+
+    def run(self, start: int, progress) -> float:
+        """Train from step ``start`` to the end; returns the mean seconds per step.
+
+        Ctrl-C is deferred to the end of the current step (a second one stops at once), so the
+        checkpoint it saves is the exact state after a whole number of steps.
+        """
+        import signal
+        import threading
+
+        from sdetool.distributed import on_main
+
+        options = self.options
+        self.target.train(True)
+        pending: list[dict] = []
+        stop: list[bool] = []
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            def request_stop(signum, frame) -> None:
+                stop.append(True)
+                signal.signal(signal.SIGINT, previous)
+
+            previous = signal.signal(signal.SIGINT, request_stop)
+        progress.start(f"{options.loss} fine-tuning", options.steps - start)
+        began = time.perf_counter()
+        try:
+            for step in range(start, options.steps):
+                terms = self.step(step)
+                if step % options.log_every == 0 or step == options.steps - 1:
+                    pending.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **terms})
+                stopping = self._stop_requested(stop) and step + 1 < options.steps
+                if stopping or ((step + 1) % options.checkpoint_every == 0 and step + 1 < options.steps):
+                    on_main(self.world, lambda: (self.folder.append_metrics(pending), self.save(step + 1, promote=stopping)))
+                    pending = []
+                if stopping:
+                    raise TrainingInterrupted(f"interrupted after step {step + 1} of {options.steps}; a checkpoint was "
+                                              f"saved in {self.folder.path}: run the same command with --resume to continue")
+                progress.advance(1, f"loss {terms['loss']:.4f}")
+        finally:
+            progress.finish()
+            if self._prefetcher is not None:
+                self._prefetcher.shutdown(wait=True, cancel_futures=True)
+                self._prefetcher, self._next = None, None
+            if previous is not None and not stop:
+                signal.signal(signal.SIGINT, previous)
+        on_main(self.world, lambda: self.folder.append_metrics(pending))
+        ran = options.steps - start
+        return (time.perf_counter() - began) / ran if ran else 0.0
