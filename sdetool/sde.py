@@ -463,6 +463,23 @@ def sde_loss(image, text, groups, logit_scale, progress: float, config: SDEConfi
     return loss, terms
 
 
+def observe_bands(image, text, state: SDEState) -> dict[str, list[float]]:
+    """Batch band shares of both modalities, without gradient, for runs whose loss needs no spectrum.
+
+    The InfoNCE baseline calls this at logging steps, so that its ``metrics.jsonl`` shows the same
+    batch view as an SDE run's (through the same partition, smoothed over the observed steps).
+    """
+    import torch
+
+    with torch.no_grad():
+        shares = {}
+        for name, features, tracker in zip(("image", "text"), (image, text), state.trackers):
+            spec = batch_spectrum(features.detach())
+            labels = tracker.update(spec.singular_values, *features.shape)
+            shares[f"{name}_shares"] = band_shares(spec.energies, labels)
+    return shares
+
+
 def with_overrides(config: SDEConfig, **overrides) -> SDEConfig:
     """``config`` with the given fields replaced (None values ignored)."""
     return replace(config, **{name: value for name, value in overrides.items() if value is not None})
@@ -470,4 +487,4 @@ def with_overrides(config: SDEConfig, **overrides) -> SDEConfig:
 
 __all__ = ["SDEConfig", "SDEState", "BandTracker", "BatchSpectrum", "batch_spectrum", "sde_loss", "info_nce", "ramp",
            "schedule", "enhance", "relative_changes", "hellinger_squared", "subspace_misalignment", "noise_share",
-           "subspace_alignment", "band_shares", "loss_gradient_signs", "with_overrides"]
+           "subspace_alignment", "band_shares", "loss_gradient_signs", "observe_bands", "with_overrides"]

@@ -18,7 +18,7 @@ import numpy as np
 from sdetool.errors import TrainingError, TrainingInterrupted
 from sdetool.finetune_data import PairData
 from sdetool.runfolder import CHECKPOINT, PENDING, RunFolder
-from sdetool.sde import SDEState, sde_loss
+from sdetool.sde import SDEState, observe_bands, sde_loss
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -148,6 +148,8 @@ class TrainingLoop:
             image, text = self.target.features(self.data.train, rows, inputs)
         loss, terms = sde_loss(image, text, self.groups[rows], self.target.logit_scale, step / options.steps,
                                self.method, self.state)
+        if "image_shares" not in terms and self.logging(step):
+            terms.update(observe_bands(image, text, self.state))
         if not math.isfinite(terms["loss"]) and not self.world.distributed:
             self._fail(step, terms["loss"])
         self.optimizer.zero_grad(set_to_none=True)
@@ -165,6 +167,9 @@ class TrainingLoop:
         terms["lr"] = self.optimizer.param_groups[0]["lr"]
         terms["logit_scale"] = float(self.target.logit_scale.detach())
         return terms
+
+    def logging(self, step: int) -> bool:
+        return step % self.options.log_every == 0 or step == self.options.steps - 1
 
     def _fail(self, step: int, value: float) -> None:
         self._discard_pending()
@@ -234,7 +239,7 @@ class TrainingLoop:
         try:
             for step in range(start, options.steps):
                 terms = self.step(step)
-                if step % options.log_every == 0 or step == options.steps - 1:
+                if self.logging(step):
                     pending.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **terms})
                 stopping = self._stop_requested(stop) and step + 1 < options.steps
                 if stopping or ((step + 1) % options.checkpoint_every == 0 and step + 1 < options.steps):
