@@ -268,7 +268,10 @@ def test_infonce_and_sde_differ_only_in_the_loss(pairs, tmp_path):
     first = {name: _records(tmp_path / name)[0] for name in runs}
     baseline = first["infonce"]
     assert baseline["loss"] == baseline["infonce"]
-    assert not {"hellinger2", "subspace", "snr", "image_shares"} & set(baseline)
+    assert not {"hellinger2", "subspace", "snr", "delta_ratio"} & set(baseline)
+    # the baseline's batch band shares are observed through the same partition, outside the loss
+    assert baseline["image_shares"] == first["no-enhance"]["image_shares"]
+    assert sum(baseline["text_shares"]) == pytest.approx(1.0)
     # Step 0 sees the same batch through the same initial heads: without the enhancement, SDE's InfoNCE
     # term is the baseline's loss, bit for bit; the spectral terms come on top of it.
     assert first["no-enhance"]["infonce"] == baseline["infonce"]
