@@ -15,8 +15,9 @@ Variants, each the real ``TrainingLoop.step`` (batch, forward, loss, backward, A
 - ``infonce``: the baseline (``--loss infonce``);
 - ``sde``: the default method (adversarial strong-band signs);
 - ``sde-random``: random signs (no extra gradient of the InfoNCE head);
-- ``sde-svd``: the default method with the batch spectrum taken by ``torch.linalg.svd`` (gradient
-  through ``svdvals``) instead of sdetool's eigendecomposition of the batch Gram matrix: the naive peer.
+- ``sde-svd``: the default method with the batch spectrum taken by one ``torch.linalg.svd`` (gradient
+  through its singular values) instead of sdetool's eigendecomposition of the batch Gram matrix: the
+  naive peer.
 
 After ``--warmup`` steps of each, ``--rounds`` interleaved rounds of ``--steps`` steps; the median
 time per step and the ratio to ``infonce`` are printed, with the share of an SDE step spent in
@@ -59,14 +60,13 @@ def synthetic_pairs(n: int, d: int, seed: int = 0) -> PairData:
 
 
 def spectrum_by_svd(features) -> sde.BatchSpectrum:
-    """The naive peer of :func:`sdetool.sde.batch_spectrum`: ``torch.linalg.svd`` of the centred batch,
-    the gradient flowing through the singular values of a second, differentiable ``svdvals``."""
+    """The naive peer of :func:`sdetool.sde.batch_spectrum`: one ``torch.linalg.svd`` of the centred batch,
+    the gradient flowing through its singular values (the vectors are used detached)."""
     import torch
 
     with torch.autocast(features.device.type, enabled=False):
         centred = features.float() - features.float().mean(dim=0, keepdim=True)
-        values = torch.linalg.svdvals(centred)
-        u, _, vh = torch.linalg.svd(centred.detach(), full_matrices=False)
+        u, values, vh = torch.linalg.svd(centred, full_matrices=False)
     return sde.BatchSpectrum(centred, values, u.detach(), vh.T.detach())
 
 
@@ -76,7 +76,8 @@ def make_loop(workload: str, variant: str, device: str, args, folder: str) -> Tr
     method = sde.SDEConfig(perturbation="random" if variant == "sde-random" else "adversarial")
     options = FinetuneOptions(loss="infonce" if variant == "infonce" else "sde", target="head" if workload == "head" else "model",
                               steps=10**6, batch_size=args.clip_batch if workload == "clip" else 256, sde=method,
-                              precision=args.precision, device=device, train_blocks=2)
+                              precision=args.precision, device=device, train_blocks=2,
+                              log_every=10**9)  # no logging steps after step 0: the baseline observes no spectra
     torch.manual_seed(0)
     if workload == "head":
         data = synthetic_pairs(4096, 512)

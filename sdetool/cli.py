@@ -53,7 +53,9 @@ def handles_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            _leave_process_group(wait=True)
+            return result
         except typer.Exit:
             raise
         except TrainingInterrupted as error:
@@ -72,8 +74,26 @@ def handles_errors(command):
             _print_error(f"{type(error).__name__}: {error} (a bug: please report it; SDETOOL_DEBUG=1 shows the "
                          f"traceback)", kind="internal error")
             raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            _leave_process_group(wait=False)  # after an error: leave without waiting for ranks that may be gone
 
     return wrapper
+
+
+def _leave_process_group(wait: bool) -> None:
+    """Under torchrun: wait for every rank (after success), then leave the process group.
+
+    A rank that exits while still in the group can abort at exit ("terminate called without an active
+    exception"), turning a finished job into a failed one.
+    """
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 class NoiseEstimator(str, Enum):
@@ -347,7 +367,8 @@ def finetune(
     images: Optional[str] = typer.Option(None, "--images", help="A folder of images with captions.jsonl.", metavar="FOLDER"),
     manifest: Optional[str] = typer.Option(None, "--manifest", help="A CSV/TSV, JSONL or Parquet table of image-text pairs.", metavar="FILE"),
     data: Optional[str] = typer.Option(None, "--data", help="builtin:fashion-mnist (default): train split for training, "
-                                       "test split held out.", metavar="NAME"),
+                                       "test split held out; builtin:fashion-mnist:train or :test: one split, held out by id.",
+                                       metavar="NAME"),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps.", min=1),
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Pairs per step (over all ranks).", min=2),
     learning_rate: float = typer.Option(2e-4, "--learning-rate", "--lr", help="Peak AdamW learning rate (linear warm-up, cosine decay)."),
@@ -416,8 +437,8 @@ def finetune(
                               export_embeddings=export_embeddings, resume=resume, overwrite=overwrite)
     options.validate()
     source = None
-    if target == TargetKind.model:
-        source = open_source(images=images, manifest_path=manifest, data=data)
+    if target == TargetKind.model and (images or manifest or (data and data != "builtin:fashion-mnist")):
+        source = open_source(images=images, manifest_path=manifest, data=data)  # else: the built-in train/test pairs
     elif images or manifest or data:
         fail("--target head trains on cached pairs (--embeddings); --images, --manifest and --data are for --target model")
     world = current_world()

@@ -71,6 +71,9 @@ class FinetuneOptions:
                   (self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be > 0"),
                   (0 <= self.lr_warmup < 1, "--lr-warmup must be in [0, 1)"),
                   (self.temperature > 0, "--temperature must be > 0"),
+                  (self.weight_decay >= 0 and math.isfinite(self.weight_decay), "--weight-decay must be >= 0"),
+                  (self.clip_grad >= 0, "--clip-grad must be >= 0 (0: no clipping)"),
+                  (self.head_dim is None or self.head_dim >= 1, f"--head-dim must be >= 1, got {self.head_dim}"),
                   (self.train_blocks >= 0, "--train-blocks must be >= 0"),
                   (self.eval_limit is None or self.eval_limit >= 2, "--eval-limit must be >= 2"),
                   (self.log_every >= 1 and self.checkpoint_every >= 1, "--log-every and --checkpoint-every must be >= 1")]
@@ -135,10 +138,8 @@ def load_data(model: str | None, source, embeddings: str | None, options: Finetu
     else:
         if embeddings:
             raise BadInputError("--embeddings holds cached pairs for --target head; --target model needs images and texts")
-        if source is None or source.location.startswith("builtin:fashion-mnist"):
-            name = source.location[len("builtin:"):] if source is not None else "fashion-mnist"
-            data = finetune_data.builtin_pairs("fashion-mnist" if name == "fashion-mnist:test" else name,
-                                               options.eval_fraction)
+        if source is None:  # the built-in data: its train split for training, the test split held out
+            data = finetune_data.builtin_pairs("fashion-mnist", options.eval_fraction)
         else:
             data = finetune_data.from_source(source, options.eval_fraction)
     if options.eval_limit and len(data.held_out) > options.eval_limit:
@@ -168,9 +169,10 @@ def build_target(model: str | None, data: PairData, options: FinetuneOptions, de
     return EncoderTarget(load_model(model or DEFAULT_MODEL), data, options.train_blocks, options.freeze_text, device)
 
 
-def run_config(model: str | None, embeddings: str | None, data: PairData, options: FinetuneOptions) -> dict:
+def run_config(model: str | None, embeddings: str | None, data: PairData, options: FinetuneOptions, ranks: int = 1) -> dict:
     return {"schema": SCHEMA, "sdetool_version": __version__,
-            "training": {**options.training_config(), "model": None if options.target == "head" else (model or _default_model()),
+            "training": {**options.training_config(), "ranks": ranks,
+                         "model": None if options.target == "head" else (model or _default_model()),
                          "embeddings": os.path.abspath(embeddings) if embeddings else None,
                          "data": data.description, "data_fingerprint": data.fingerprint},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -274,7 +276,8 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
         raise BadInputError(f"--batch-size {options.batch_size} leaves fewer than 2 pairs per rank on {world.size} ranks")
     torch.manual_seed(options.seed)
     target = build_target(model, data, options, device)
-    config = run_config(model, embeddings, data, options)
+    data.train.groups(options.positives)  # refuse an impossible --positives before anything is written
+    config = run_config(model, embeddings, data, options, world.size)
     folder = RunFolder(out)
     saved = on_main(world, lambda: folder.prepare(config, options.resume, options.overwrite))
     if saved is not None and saved.get("finished"):
@@ -287,14 +290,14 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
             start = loop.restore()
         else:  # a first checkpoint, so that there always is a last good one
             start = 0
-            on_main(world, lambda: loop.save(0))
+            loop.save(0)
         seconds_per_step = loop.run(start, progress or Progress())
-        on_main(world, lambda: loop.save(options.steps, promote=True))  # an interrupted final evaluation resumes here
+        loop.save(options.steps, promote=True)  # an interrupted final evaluation resumes from here
         after = on_main(world, lambda: evaluate(target, data, folder.file("embeddings_after.h5") if options.export_embeddings
                                                 else None, "after"))
     except KeyboardInterrupt:
-        raise TrainingInterrupted(f"interrupted outside a training step; {out} holds the run: run the same command "
-                                  "with --resume to continue") from None
+        raise TrainingInterrupted(f"interrupted; {out} holds the run: run the same command with --resume to "
+                                  "continue") from None
     evaluation_result = {"before": before, "after": after}
 
     def finish() -> None:
@@ -302,9 +305,9 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
 
         write_json(folder.file(EVAL), evaluation_result)
         save_tensors(folder.file(WEIGHTS), target.state(), {"config": config["training"]})
-        loop.save(options.steps, finished=True, promote=True)
 
     on_main(world, finish)
+    loop.save(options.steps, finished=True, promote=True)
     return FinetuneResult(out, "trained", options.steps, start, evaluation_result, time.perf_counter() - started,
                           seconds_per_step, device, data.notes)
 
@@ -315,11 +318,12 @@ def _before(folder: RunFolder, target, data: PairData, options: FinetuneOptions,
     from sdetool.runfolder import write_json
 
     path = folder.file("before.json")
-    if saved is not None and os.path.isfile(path):
+    export = folder.file("embeddings_before.h5") if options.export_embeddings else None
+    if saved is not None and os.path.isfile(path) and (export is None or os.path.isfile(export)):
         return folder.read_json("before.json")
 
     def run() -> dict:
-        result = evaluate(target, data, folder.file("embeddings_before.h5") if options.export_embeddings else None, "before")
+        result = evaluate(target, data, export, "before")
         write_json(path, result)
         return result
 

@@ -162,7 +162,12 @@ def from_store(path: str, eval_fraction: float = 0.1) -> PairData:
             arrays[key] = np.asarray(read(0, n_image), dtype=np.float32)
         if not np.isfinite(arrays[key]).all():
             raise BadInputError(f"--embeddings {path}: set {key!r} holds NaN or infinite values")
-    ids = store.read_ids(path, "image") or [f"row-{i}" for i in range(n_image)]
+    ids, text_ids = store.read_ids(path, "image"), store.read_ids(path, "text")
+    if ids is not None and text_ids is not None and ids != text_ids:
+        first = next(i for i, (a, b) in enumerate(zip(ids, text_ids)) if a != b)
+        raise BadInputError(f"--embeddings {path}: rows are not paired: row {first} is {ids[first]!r} in 'image' and "
+                            f"{text_ids[first]!r} in 'text'")
+    ids = ids or text_ids or [f"row-{i}" for i in range(n_image)]
     _, text_rows = _distinct([row.tobytes() for row in arrays["text"]])  # equal texts have equal embeddings
     mask = held_out_mask(ids, eval_fraction)
     if mask.all() or not mask.any():
@@ -174,6 +179,9 @@ def from_store(path: str, eval_fraction: float = 0.1) -> PairData:
         return PairSet(ids=[ids[i] for i in rows], rows=rows, text_rows=distinct_rows,
                        image=arrays["image"][rows], text=arrays["text"][rows])
 
-    digest = hashlib.sha256(arrays["image"].tobytes() + arrays["text"].tobytes()).hexdigest()
+    digest = hashlib.sha256()
+    for key in ("image", "text"):
+        digest.update(memoryview(np.ascontiguousarray(arrays[key])).cast("B"))
+    digest = digest.hexdigest()
     return PairData(split(~mask), split(mask), f"{path}: {int((~mask).sum())} training / {int(mask.sum())} "
                     f"held-out cached pairs (by id hash)", f"sha256:{digest}:eval={eval_fraction}")

@@ -87,7 +87,8 @@ class Target:
 
 
 def build_head(kind: str, dim_in: int, dim_out: int, seed: int):
-    """A linear head (identity when square) or a residual MLP whose last layer starts at zero."""
+    """A linear head or a residual MLP (last layer zero) that both start as the identity ``eye(out, in)``:
+    the input itself, zero-padded or cut to ``dim_out`` coordinates."""
     import torch
     from torch import nn
 
@@ -96,14 +97,16 @@ def build_head(kind: str, dim_in: int, dim_out: int, seed: int):
         head = nn.Linear(dim_in, dim_out)
         with torch.no_grad():
             head.bias.zero_()
-            if dim_in == dim_out:
-                head.weight.copy_(torch.eye(dim_in))
+            head.weight.copy_(torch.eye(dim_out, dim_in))  # the identity, padded or truncated
         return head
 
     class ResidualMLP(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.skip = nn.Identity() if dim_in == dim_out else nn.Linear(dim_in, dim_out, bias=False)
+            if dim_in != dim_out:
+                with torch.no_grad():
+                    self.skip.weight.copy_(torch.eye(dim_out, dim_in))
             self.hidden = nn.Linear(dim_in, 2 * dim_out)
             self.out = nn.Linear(2 * dim_out, dim_out)
             nn.init.zeros_(self.out.weight)
@@ -168,6 +171,8 @@ def _last_blocks(tower, count: int) -> list:
     layers = getattr(getattr(tower, "encoder", None), "layers", None)
     if layers is None:
         raise UnknownModelError(f"{type(tower).__name__} has no encoder.layers to fine-tune")
+    if count > len(layers):
+        raise BadInputError(f"--train-blocks {count}: the {type(tower).__name__} has {len(layers)} blocks")
     modules = list(layers)[len(layers) - count:] if count > 0 else []
     for name in ("post_layernorm", "final_layer_norm"):
         if hasattr(tower, name) and count > 0:

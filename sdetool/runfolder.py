@@ -139,8 +139,15 @@ class RunFolder:
         path = self.file(METRICS)
         if not os.path.isfile(path):
             return
+        kept = []
         with open(path) as handle:
-            kept = [line for line in handle if line.strip() and json.loads(line).get("step", 0) < last_step]
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: the step is replayed anyway
+                    continue
+                if record.get("step", 0) < last_step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
 
         def write(temporary: str) -> None:
             with open(temporary, "w") as out:

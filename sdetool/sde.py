@@ -101,6 +101,9 @@ class SDEConfig:
             raise ValueError(f"warmup must be in [0, 1] and momentum in [0, 1); got {self.warmup!r}, {self.momentum!r}")
         if self.subspace_k < 1:
             raise ValueError(f"subspace_k must be >= 1, got {self.subspace_k!r}")
+        if self.partition.noise_estimator == "iqr":
+            raise ValueError("the batch partition estimates the noise from singular values: noise estimator 'iqr' "
+                             "(which needs the matrix entries) is not available; use median, median-gd or mppca")
 
     @classmethod
     def baseline(cls) -> "SDEConfig":
@@ -199,12 +202,17 @@ def _unit_columns(matrix, floor_ratio: float = 1e-6):
     return matrix / norms.clamp_min(1e-30) * keep
 
 
+class SpectrumError(ValueError):
+    """The batch has no usable spectrum (its Gram matrix is not finite): training has diverged."""
+
+
 def batch_spectrum(features) -> BatchSpectrum:
     """Singular values and vectors of the centred batch, from the smaller Gram matrix (float32, autocast off).
 
-    ``eigh`` of ``C C^T`` (``B <= d``) or ``C^T C`` gives one side's vectors; the other side is
-    ``C^T u_i`` (or ``C v_i``) normalised. A Gram matrix that LAPACK cannot diagonalise in float32 is
-    retried in float64.
+    ``eigh`` of ``C C^T`` (``B <= d``) or ``C^T C``, with ``C`` scaled by its largest entry so that the
+    Gram matrix cannot overflow float32, gives one side's vectors; the other side is ``C^T u_i`` (or
+    ``C v_i``) normalised. A Gram matrix that LAPACK cannot diagonalise in float32 is retried in
+    float64; one that is not finite raises :class:`SpectrumError`.
     """
     import torch
 
@@ -212,11 +220,17 @@ def batch_spectrum(features) -> BatchSpectrum:
         centred = features.float() - features.float().mean(dim=0, keepdim=True)
         left = centred.shape[0] <= centred.shape[1]
         detached = centred.detach()
-        gram = detached @ detached.T if left else detached.T @ detached
+        scaled = detached / detached.abs().max().clamp_min(1e-30)
+        gram = scaled @ scaled.T if left else scaled.T @ scaled
+        if not bool(torch.isfinite(gram).all()):
+            raise SpectrumError("the batch's Gram matrix is not finite")
         try:
             _, vectors = torch.linalg.eigh(gram)
         except torch.linalg.LinAlgError:
-            vectors = torch.linalg.eigh(gram.double())[1].float()
+            try:
+                vectors = torch.linalg.eigh(gram.double())[1].float()
+            except torch.linalg.LinAlgError as error:
+                raise SpectrumError(f"eigh failed on the batch's Gram matrix ({error})") from None
         vectors = vectors.flip(dims=(1,))  # descending
         other = _unit_columns(detached.T @ vectors if left else detached @ vectors)
         u, v = (vectors, other) if left else (other, vectors)
@@ -422,28 +436,20 @@ def sde_loss(image, text, groups, logit_scale, progress: float, config: SDEConfi
         loss = info_nce(image, text, groups, logit_scale)
         terms.update(infonce=float(loss.detach()), loss=float(loss.detach()))
         return loss, terms
-    import torch
-
-    if not bool(torch.isfinite(image).all() and torch.isfinite(text).all()):  # the caller stops on a NaN loss
+    try:
+        spectra = [batch_spectrum(image), batch_spectrum(text)]
+    except SpectrumError:  # diverged features: a NaN loss, which the caller stops on
         loss = info_nce(image, text, groups, logit_scale) * float("nan")
         terms.update(infonce=float("nan"), loss=float("nan"))
         return loss, terms
-    spectra = [batch_spectrum(image), batch_spectrum(text)]
     batch, dim = image.shape
     labels = [tracker.update(spec.singular_values, batch, dim) for tracker, spec in zip(state.trackers, spectra)]
     for name, spec, label in zip(("image", "text"), spectra, labels):
         terms[f"{name}_shares"] = band_shares(spec.energies, label)
     enhanced = [image, text]
     if config.enhance and (weights["alpha"] > 0 or weights["rho"] > 0):
-        if config.perturbation == "adversarial":
-            signs = loss_gradient_signs(spectra, (image, text), groups, logit_scale, state.generator)
-        else:
-            signs = [state.generator.choice([-1.0, 1.0], size=len(label)) for label in labels]
-        changes = [relative_changes(spec.singular_values, label, sign, weights["alpha"], weights["rho"], config)
-                   for spec, label, sign in zip(spectra, labels, signs)]
-        enhanced = [enhance(f, spec, c) for f, spec, c in zip((image, text), spectra, changes)]
-        terms["delta_ratio"] = float(max(np.linalg.norm(c * s.singular_values) / max(np.linalg.norm(s.singular_values), 1e-30)
-                                         for c, s in zip(changes, spectra)))
+        enhanced, terms["delta_ratio"] = _enhanced(spectra, labels, (image, text), groups, logit_scale, weights, config,
+                                                   state)
     contrastive = info_nce(enhanced[0], enhanced[1], groups, logit_scale)
     loss = contrastive
     terms["infonce"] = float(contrastive.detach())
@@ -463,6 +469,20 @@ def sde_loss(image, text, groups, logit_scale, progress: float, config: SDEConfi
     return loss, terms
 
 
+def _enhanced(spectra, labels, features, groups, logit_scale, weights: dict, config: SDEConfig, state: SDEState):
+    """Both modalities' enhanced features, and the larger ``||Delta||_F / ||S||_F`` of the two."""
+    if config.perturbation == "adversarial":
+        signs = loss_gradient_signs(spectra, features, groups, logit_scale, state.generator)
+    else:
+        signs = [state.generator.choice([-1.0, 1.0], size=len(label)) for label in labels]
+    changes = [relative_changes(spec.singular_values, label, sign, weights["alpha"], weights["rho"], config)
+               for spec, label, sign in zip(spectra, labels, signs)]
+    enhanced = [enhance(f, spec, c) for f, spec, c in zip(features, spectra, changes)]
+    ratio = max(np.linalg.norm(c * spec.singular_values) / max(np.linalg.norm(spec.singular_values), 1e-30)
+                for c, spec in zip(changes, spectra))
+    return enhanced, float(ratio)
+
+
 def observe_bands(image, text, state: SDEState) -> dict[str, list[float]]:
     """Batch band shares of both modalities, without gradient, for runs whose loss needs no spectrum.
 
@@ -474,7 +494,10 @@ def observe_bands(image, text, state: SDEState) -> dict[str, list[float]]:
     with torch.no_grad():
         shares = {}
         for name, features, tracker in zip(("image", "text"), (image, text), state.trackers):
-            spec = batch_spectrum(features.detach())
+            try:
+                spec = batch_spectrum(features.detach())
+            except SpectrumError:
+                return {}
             labels = tracker.update(spec.singular_values, *features.shape)
             shares[f"{name}_shares"] = band_shares(spec.energies, labels)
     return shares
@@ -485,6 +508,6 @@ def with_overrides(config: SDEConfig, **overrides) -> SDEConfig:
     return replace(config, **{name: value for name, value in overrides.items() if value is not None})
 
 
-__all__ = ["SDEConfig", "SDEState", "BandTracker", "BatchSpectrum", "batch_spectrum", "sde_loss", "info_nce", "ramp",
+__all__ = ["SDEConfig", "SpectrumError", "SDEState", "BandTracker", "BatchSpectrum", "batch_spectrum", "sde_loss", "info_nce", "ramp",
            "schedule", "enhance", "relative_changes", "hellinger_squared", "subspace_misalignment", "noise_share",
            "subspace_alignment", "band_shares", "loss_gradient_signs", "observe_bands", "with_overrides"]

@@ -9,13 +9,14 @@ warm-up and cosine decay.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
 
 import numpy as np
 
-from sdetool.errors import TrainingError, TrainingInterrupted
+from sdetool.errors import BadInputError, TrainingError, TrainingInterrupted
 from sdetool.finetune_data import PairData
 from sdetool.runfolder import CHECKPOINT, PENDING, RunFolder
 from sdetool.sde import SDEState, observe_bands, sde_loss
@@ -31,8 +32,14 @@ def batch_rows(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     batch_size = min(batch_size, n)
     per_epoch = n // batch_size
     epoch, position = divmod(step, per_epoch)
+    return _epoch_order(n, seed, epoch)[position * batch_size:(position + 1) * batch_size].copy()
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[position * batch_size:(position + 1) * batch_size]
+    order.flags.writeable = False  # shared by every step of the epoch
+    return order
 
 
 def learning_rate_factor(step: int, steps: int, warmup: float) -> float:
@@ -65,24 +72,43 @@ class TrainingLoop:
     # -- checkpoints --
 
     def save(self, step: int, finished: bool = False, promote: bool = False) -> None:
-        """Write the state after ``step`` steps as the pending checkpoint.
+        """Write the state after ``step`` steps as the pending checkpoint (every rank calls this).
 
         It becomes *the* checkpoint (:meth:`promote`) once the next step's loss has come out finite, so a
-        checkpoint is never a state that leads straight to a NaN; ``promote`` does that at once.
+        checkpoint is never a state that leads straight to a NaN; ``promote`` does that at once. Under
+        ``torchrun`` each rank's band trackers and random state are kept, so a resume continues every
+        rank where it was.
         """
         import torch
 
+        from sdetool.distributed import on_main
+
+        mine = {"method_state": self.state.state(), "rng": torch.get_rng_state()}
+        ranks = self._gather(mine)
+        on_main(self.world, lambda: self._write(step, finished, ranks))
+        self.pending = step
+        if promote:
+            self.promote()
+
+    def _gather(self, value) -> list:
+        if not self.world.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        values: list = [None] * self.world.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def _write(self, step: int, finished: bool, ranks: list[dict]) -> None:
         from sdetool.runfolder import flatten_optimizer, save_tensors
 
         tensors, optimizer = flatten_optimizer(self.optimizer)
         tensors.update({f"target.{k}": v for k, v in self.target.state().items()})
-        tensors["rng.torch"] = torch.get_rng_state()
-        metadata = {"step": step, "finished": finished, "optimizer": optimizer, "method_state": self.state.state(),
-                    "scaler": self.scaler.state_dict(), "training": self.options.training_config()}
+        tensors.update({f"rng.torch.{rank}": state["rng"] for rank, state in enumerate(ranks)})
+        metadata = {"step": step, "finished": finished, "optimizer": optimizer, "world_size": self.world.size,
+                    "method_states": [state["method_state"] for state in ranks], "scaler": self.scaler.state_dict(),
+                    "training": self.options.training_config()}
         save_tensors(self.folder.file(PENDING), tensors, metadata)
-        self.pending = step
-        if promote:
-            self.promote()
 
     def promote(self) -> None:
         """The pending checkpoint has proved good: make it the checkpoint."""
@@ -104,15 +130,30 @@ class TrainingLoop:
 
         path = self.folder.file(CHECKPOINT)
         metadata, tensors = read_metadata(path), load_tensors(path)
+        self._check(metadata, path)
         self.target.load_state({k[len("target."):]: v for k, v in tensors.items() if k.startswith("target.")})
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, metadata["optimizer"]))
-        self.state.load(metadata["method_state"])
+        self.state.load(metadata["method_states"][self.world.rank])
         if metadata.get("scaler"):
             self.scaler.load_state_dict(metadata["scaler"])
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(tensors[f"rng.torch.{self.world.rank}"])
         self.last_saved = int(metadata["step"])
-        self.folder.truncate_metrics(self.last_saved)
+        if self.world.is_main:
+            self.folder.truncate_metrics(self.last_saved)
         return self.last_saved
+
+    def _check(self, metadata: dict, path: str) -> None:
+        """Refuse a checkpoint made by another configuration or another number of ranks."""
+        from sdetool.runfolder import RESUME_MAY_CHANGE, config_difference
+
+        saved = {k: v for k, v in metadata.get("training", {}).items() if k not in RESUME_MAY_CHANGE}
+        wanted = {k: v for k, v in self.options.training_config().items() if k not in RESUME_MAY_CHANGE}
+        difference = config_difference(saved, wanted)
+        if metadata.get("world_size", 1) != self.world.size:
+            difference.insert(0, f"ranks: {metadata.get('world_size', 1)} -> {self.world.size}")
+        if difference or "method_states" not in metadata:
+            raise BadInputError(f"--resume: {path} was written by another configuration: "
+                                + ("; ".join(difference[:6]) or "an older checkpoint format"))
 
     # -- one step --
 
@@ -148,15 +189,14 @@ class TrainingLoop:
             image, text = self.target.features(self.data.train, rows, inputs)
         loss, terms = sde_loss(image, text, self.groups[rows], self.target.logit_scale, step / options.steps,
                                self.method, self.state)
-        if "image_shares" not in terms and self.logging(step):
-            terms.update(observe_bands(image, text, self.state))
-        if not math.isfinite(terms["loss"]) and not self.world.distributed:
-            self._fail(step, terms["loss"])
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if not self._average_gradients():  # a rank's NaN loss reaches every rank through the gradients
+        if not self._all_finite(math.isfinite(terms["loss"])):  # every rank stops on any rank's NaN
             self._fail(step, terms["loss"])
         self.promote()  # the state this step started from gave a finite loss
+        if "image_shares" not in terms and self.logging(step):
+            terms.update(observe_bands(image, text, self.state))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self._average_gradients()  # inf gradients of an fp16 scaler step are skipped by the scaler, on every rank
         self.scaler.unscale_(self.optimizer)
         if options.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.target.parameters(), options.clip_grad)
@@ -179,25 +219,33 @@ class TrainingLoop:
         raise TrainingError(f"the loss became {value} at step {step} (or, under torchrun, on another rank); "
                             f"training stopped; {where}")
 
-    def _average_gradients(self) -> bool:
-        """All-reduce the gradients (mean over ranks); False when they are not finite on some rank."""
+    def _all_finite(self, finite: bool) -> bool:
+        """Whether the loss was finite on every rank (one small all-reduce under torchrun)."""
         if not self.world.distributed:
-            return True
+            return finite
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([0.0 if finite else 1.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() == 0)
+
+    def _average_gradients(self) -> None:
+        """All-reduce the gradients: their mean over ranks (DDP's arithmetic)."""
+        if not self.world.distributed:
+            return
         import torch
         import torch.distributed as dist
 
         params = [p for p in self.target.parameters() if p.grad is not None]
         flat = torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in params])
         dist.all_reduce(flat)
-        if not bool(torch.isfinite(flat).all()):
-            return False
         flat /= self.world.size
         offset = 0
         for p in params:
             count = p.grad.numel()
             p.grad.copy_(flat[offset:offset + count].reshape(p.grad.shape).to(p.grad.device, p.grad.dtype))
             offset += count
-        return True
 
     def _stop_requested(self, stop: list) -> bool:
         """Whether any rank was interrupted: every rank must stop after the same step."""
@@ -243,7 +291,8 @@ class TrainingLoop:
                     pending.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **terms})
                 stopping = self._stop_requested(stop) and step + 1 < options.steps
                 if stopping or ((step + 1) % options.checkpoint_every == 0 and step + 1 < options.steps):
-                    on_main(self.world, lambda: (self.folder.append_metrics(pending), self.save(step + 1, promote=stopping)))
+                    on_main(self.world, lambda: self.folder.append_metrics(pending))
+                    self.save(step + 1, promote=stopping)
                     pending = []
                 if stopping:
                     raise TrainingInterrupted(f"interrupted after step {step + 1} of {options.steps}; a checkpoint was "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -543,7 +544,7 @@ def test_refuses_models_and_sources_that_cannot_be_fine_tuned(captioned, tmp_pat
 
 # --- a NaN loss ---------------------------------------------------------------------------------------
 
-_NAN = re.compile(r"sdetool: error: the loss became nan at step (\d+)(?: \(or, under torchrun, on another rank\))?; "
+_NAN = re.compile(r"sdetool: error: the loss became (?:nan|-?inf) at step (\d+)(?: \(or, under torchrun, on another rank\))?; "
                   r"training stopped; the last good checkpoint \(step (\d+)\) is in (.+checkpoint\.safetensors): "
                   r"add --resume with a lower --learning-rate to continue from it")
 
@@ -694,3 +695,83 @@ def test_torchrun_two_ranks_write_one_run_folder(pairs, tmp_path):
     assert not torch.equal(weights["image_head.weight"], torch.eye(DIM))
     assert set(_json(out, "eval.json")) == {"before", "after"}
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+
+
+# --- review fixes ------------------------------------------------------------------------------------
+
+
+def test_refuses_stores_whose_rows_are_not_paired(pairs, tmp_path):
+    path = str(tmp_path / "shuffled.h5")
+    store.write_set(path, "image", pairs["image"], ids=pairs["ids"], mode="w")
+    store.write_set(path, "text", pairs["text"][::-1].copy(), ids=pairs["ids"][::-1])
+    out = str(tmp_path / "run")
+    _assert_error(_invoke(_head(path, out, "--steps", 2)), 2, "rows are not paired", "'pair-0000'", "'pair-0399'")
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["--positives", "class"], ("--positives class", "no class labels")),
+    (["--head-dim", "-5"], ("--head-dim must be >= 1",)),
+    (["--weight-decay", "-1"], ("--weight-decay must be >= 0",)),
+    (["--noise-estimator", "iqr"], ("noise estimator 'iqr'", "median")),
+])
+def test_refuses_impossible_options_before_writing(pairs, tmp_path, extra, fragments):
+    out = str(tmp_path / "run")
+    _assert_error(_invoke(_head(pairs["path"], out, "--steps", 2, *extra)), 2, *fragments)
+    assert not os.path.exists(out)
+
+
+def test_refuses_more_blocks_than_the_tower_has(tiny_clip, captioned, tmp_path):
+    out = str(tmp_path / "run")
+    _assert_error(_invoke(["finetune", "--model", f"hf:{tiny_clip}", "--images", captioned, "--out", out, "--steps", 1,
+                           "--batch-size", 8, "--train-blocks", 99, "--device", "cpu", "-q"]), 2, "--train-blocks 99",
+                  "blocks")
+
+
+def test_non_square_linear_heads_start_as_the_padded_identity(pairs, tmp_path):
+    path = str(tmp_path / "narrow-text.h5")
+    store.write_set(path, "image", pairs["image"], ids=pairs["ids"], mode="w")
+    store.write_set(path, "text", pairs["text"][:, :8].copy(), ids=pairs["ids"])
+    out = str(tmp_path / "run")
+    _assert_ok(_invoke(_head(path, out, "--steps", 1, "--export-embeddings")))
+    exported = store.open_matrices(os.path.join(out, "embeddings_before.h5"))["text"]
+    with exported.reader() as read:
+        before = read(0, exported.shape[0])
+    rows = [pairs["ids"].index(i) for i in store.read_ids(os.path.join(out, "embeddings_before.h5"), "text")]
+    np.testing.assert_array_equal(before[:, :8], pairs["text"][rows, :8])
+    np.testing.assert_array_equal(before[:, 8:], 0.0)
+
+
+def test_resume_survives_a_half_written_metrics_line(pairs, tmp_path):
+    out = str(tmp_path / "run")
+    args = _head(pairs["path"], out, "--steps", 6, "--checkpoint-every", 3)
+    _assert_ok(_invoke(args))
+    os.remove(os.path.join(out, "eval.json"))
+    checkpoint = os.path.join(out, "checkpoint.safetensors")
+    metadata = read_metadata(checkpoint)
+    metadata["finished"], metadata["step"] = False, 3
+    tensors = load_tensors(checkpoint)
+    from sdetool.runfolder import save_tensors
+
+    save_tensors(checkpoint, tensors, metadata)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as handle:
+        handle.write('{"step": 7, "loss": 1.2')  # a kill in the middle of a write
+    _assert_ok(_invoke(args + ["--resume"]))
+    assert [r["step"] for r in _records(out)] == list(range(6))
+
+
+def test_refuses_a_checkpoint_of_another_configuration(pairs, tmp_path):
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    _assert_ok(_invoke(_head(pairs["path"], first, "--steps", 6, "--checkpoint-every", 3, "--seed", 0)))
+    _assert_ok(_invoke(_head(pairs["path"], second, "--steps", 6, "--checkpoint-every", 3, "--seed", 5)))
+    os.remove(os.path.join(second, "eval.json"))
+    shutil.copy(os.path.join(first, "checkpoint.safetensors"), os.path.join(second, "checkpoint.safetensors"))
+    metadata = read_metadata(os.path.join(second, "checkpoint.safetensors"))
+    assert metadata["finished"] is True  # a finished checkpoint is a no-op; make it resumable
+    from sdetool.runfolder import save_tensors
+
+    metadata["finished"] = False
+    save_tensors(os.path.join(second, "checkpoint.safetensors"), load_tensors(os.path.join(second, "checkpoint.safetensors")),
+                 metadata)
+    _assert_error(_invoke(_head(pairs["path"], second, "--steps", 6, "--checkpoint-every", 3, "--seed", 5, "--resume")),
+                  2, "written by another configuration", "seed: 0 -> 5")
