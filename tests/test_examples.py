@@ -14,3 +14,24 @@ def test_quickstart_runs(tmp_path):
     assert "image: strong 8" in completed.stdout
     assert "sigma 0.0200 (planted 0.02)" in completed.stdout
     assert (tmp_path / "pairs.h5").exists()
+
+
+def test_finetune_seeds_runs_and_summarises(tmp_path):
+    completed = subprocess.run([sys.executable, str(ROOT / "examples" / "finetune_seeds.py"), "--out", str(tmp_path),
+                                "--steps", "3", "--seeds", "0", "--eval-limit", "200"],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert "| zero-shot accuracy (%) |" in completed.stdout and "after infonce" in completed.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["infonce-seed0", "sde-seed0", "summary.json", "summary.md"]
+
+
+def test_noisy_head_adds_the_noise_it_says(tmp_path):
+    completed = subprocess.run([sys.executable, str(ROOT / "examples" / "noisy_head.py"), "--out", str(tmp_path),
+                                "--steps", "3", "--seeds", "0", "--noise-share", "0.4"],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    import json
+
+    before = json.loads((tmp_path / "sde-seed0" / "eval.json").read_text())["before"]["bands"]["image"]
+    # isotropic noise carrying 40% of the energy lands (mostly) in the noise band
+    assert 0.3 < before["noise"]["energy_share"] < 0.45
