@@ -16,6 +16,7 @@ the same code, for evaluation and export.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import numpy as np
 
@@ -26,7 +27,7 @@ HEADS = ("linear", "mlp")
 TARGETS = ("model", "head")
 
 
-class Target:
+class Target(ABC):
     """Common part: the trainable modules, the temperature and the state kept in checkpoints."""
 
     def __init__(self, modules: dict, logit_scale, device: str) -> None:
@@ -70,13 +71,13 @@ class Target:
         """CPU work of a batch (decoding images) that may run ahead, in a thread; None when there is none."""
         return None
 
+    @abstractmethod
     def features(self, pairs: PairSet, batch: np.ndarray, inputs=None):
         """Projected features ``(image (B, d), text (B, d))`` of pairs ``batch`` (``inputs``: from :meth:`load_inputs`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def embed(self, pairs: PairSet, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """Held-out embeddings ``(image (n, d), text (n, d))`` in evaluation mode, float32."""
-        raise NotImplementedError
 
     def class_prototypes(self, data: PairData):
         """Zero-shot classifier (K, d) of the classes, or None when it cannot be built."""
