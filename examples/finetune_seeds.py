@@ -18,9 +18,8 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from sdetool.finetune import FinetuneOptions, finetune
+from sdetool.report import seed_summary, seed_table
 from sdetool.sde import SDEConfig
 
 METRICS = (("zero-shot accuracy", ("zero_shot_accuracy",)),
@@ -30,12 +29,6 @@ METRICS = (("zero-shot accuracy", ("zero_shot_accuracy",)),
            ("image weak share", ("bands", "image", "weak", "energy_share")),
            ("image noise share", ("bands", "image", "noise", "energy_share")),
            ("image effective rank", ("bands", "image", "effective_rank")))
-
-
-def lookup(document: dict, path: tuple) -> float:
-    for name in path:
-        document = document[name]
-    return float(document)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -64,30 +57,6 @@ def run_all(out: str, seeds: list[int], steps: int, overrides: dict, eval_limit:
     return results
 
 
-def summarize(results: dict) -> dict:
-    """Mean and standard deviation over seeds of every metric, before (all runs) and after (per loss)."""
-    summary = {}
-    for label, path in METRICS:
-        before = [lookup(run["before"], path) for runs in results.values() for run in runs]
-        row = {"before": (float(np.mean(before)), float(np.std(before)))}
-        for loss, runs in results.items():
-            values = [lookup(run["after"], path) for run in runs]
-            row[loss] = (float(np.mean(values)), float(np.std(values)))
-        summary[label] = row
-    return summary
-
-
-def markdown(summary: dict, seeds: list[int]) -> str:
-    losses = [name for name in next(iter(summary.values())) if name != "before"]
-    lines = [f"| held-out metric ({len(seeds)} seeds, mean ± sd) | before | " + " | ".join(f"after {l}" for l in losses) + " |",
-             "|---|---|" + "---|" * len(losses)]
-    for label, row in summary.items():
-        scale = 1 if "rank" in label else 100
-        cells = [f"{scale * m:.3f} ± {scale * s:.3f}" for m, s in [row["before"]] + [row[l] for l in losses]]
-        lines.append(f"| {label}{'' if scale == 1 else ' (%)'} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -99,8 +68,8 @@ def main() -> int:
                         help="Where the InfoNCE runs are (or go): share them between SDE variants.")
     args = parser.parse_args()
     results = run_all(args.out, args.seeds, args.steps, parse_overrides(args.set), args.eval_limit, args.baseline)
-    summary = summarize(results)
-    table = markdown(summary, args.seeds)
+    summary = seed_summary(results, METRICS)
+    table = seed_table(summary, len(args.seeds))
     with open(os.path.join(args.out, "summary.json"), "w") as handle:
         json.dump({"steps": args.steps, "seeds": args.seeds, "overrides": args.set, "summary": summary}, handle, indent=2)
     with open(os.path.join(args.out, "summary.md"), "w") as handle:

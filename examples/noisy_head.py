@@ -27,6 +27,7 @@ from sdetool import store
 from sdetool.data.items import builtin_data
 from sdetool.extract import ExtractOptions, extract
 from sdetool.finetune import FinetuneOptions, finetune
+from sdetool.report import seed_summary, seed_table
 
 METRICS = (("image->text R@1", ("recall", "image_to_text_R@1")),
            ("image->text R@5", ("recall", "image_to_text_R@5")),
@@ -62,12 +63,6 @@ def noisy_store(out: str, noise_share: float, seed: int = 1234) -> str:
     return path
 
 
-def lookup(document: dict, path: tuple) -> float:
-    for name in path:
-        document = document[name]
-    return float(document)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -85,18 +80,8 @@ def main() -> int:
                                       resume=os.path.isdir(folder))
             print(f"{loss} seed {seed} -> {folder}", file=sys.stderr)
             runs.setdefault(loss, []).append(finetune(folder, options, embeddings=path).evaluation)
-    lines = [f"| held-out metric ({len(args.seeds)} seeds, mean ± sd) | before | after sde | after infonce |", "|---|---|---|---|"]
-    summary = {}
-    for label, key in METRICS:
-        before = [lookup(r["before"], key) for rs in runs.values() for r in rs]
-        row = {"before": (float(np.mean(before)), float(np.std(before)))}
-        row.update({loss: (float(np.mean([lookup(r["after"], key) for r in rs])),
-                           float(np.std([lookup(r["after"], key) for r in rs]))) for loss, rs in runs.items()})
-        summary[label] = row
-        scale = 1 if "rank" in label else 100
-        cells = [f"{scale * m:.3f} ± {scale * s:.3f}" for m, s in (row["before"], row["sde"], row["infonce"])]
-        lines.append(f"| {label}{'' if scale == 1 else ' (%)'} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
+    summary = seed_summary(runs, METRICS)
+    table = seed_table(summary, len(args.seeds))
     with open(os.path.join(args.out, "summary.json"), "w") as handle:
         json.dump({"noise_share": args.noise_share, "steps": args.steps, "seeds": args.seeds, "summary": summary}, handle, indent=2)
     with open(os.path.join(args.out, "summary.md"), "w") as handle:

@@ -196,3 +196,49 @@ def render_finetune(document: dict, console: Console) -> None:
         console.print(line)
     for note in document.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
+
+
+def _lookup(document: dict, path: tuple) -> float:
+    for name in path:
+        document = document[name]
+    return float(document)
+
+
+def seed_summary(runs: dict[str, list[dict]], metrics) -> dict:
+    """Mean and standard deviation over seeds of fine-tuning evaluations (pure).
+
+    Parameters
+    ----------
+    runs : dict
+        ``{loss: [evaluation, ...]}``, one ``{"before", "after"}`` evaluation (``eval.json``) per seed.
+    metrics : sequence of (label, path)
+        The metrics, each a path of keys into an evaluation (``("bands", "image", "noise", "energy_share")``).
+
+    Returns
+    -------
+    dict
+        ``{label: {"before": (mean, sd), loss: (mean, sd), ...}}``; "before" pools every run.
+    """
+    import numpy as np
+
+    summary = {}
+    for label, path in metrics:
+        before = [_lookup(run["before"], path) for evaluations in runs.values() for run in evaluations]
+        row = {"before": (float(np.mean(before)), float(np.std(before)))}
+        for loss, evaluations in runs.items():
+            values = [_lookup(run["after"], path) for run in evaluations]
+            row[loss] = (float(np.mean(values)), float(np.std(values)))
+        summary[label] = row
+    return summary
+
+
+def seed_table(summary: dict, seeds: int) -> str:
+    """A Markdown table of :func:`seed_summary`: shares and accuracies in %, ranks as they are."""
+    losses = [name for name in next(iter(summary.values())) if name != "before"]
+    lines = [f"| held-out metric ({seeds} seeds, mean ± sd) | before | " + " | ".join(f"after {loss}" for loss in losses) + " |",
+             "|---|---|" + "---|" * len(losses)]
+    for label, row in summary.items():
+        scale = 1 if "rank" in label else 100
+        cells = [f"{scale * mean:.3f} ± {scale * sd:.3f}" for mean, sd in [row["before"]] + [row[loss] for loss in losses]]
+        lines.append(f"| {label}{'' if scale == 1 else ' (%)'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -775,3 +775,21 @@ def test_refuses_a_checkpoint_of_another_configuration(pairs, tmp_path):
                  metadata)
     _assert_error(_invoke(_head(pairs["path"], second, "--steps", 6, "--checkpoint-every", 3, "--seed", 5, "--resume")),
                   2, "written by another configuration", "seed: 0 -> 5")
+
+
+def test_seed_summary_and_table_are_mean_and_population_sd():
+    from sdetool.report import seed_summary, seed_table
+
+    def run(before, after):
+        return {"before": {"bands": {"image": {"noise": {"energy_share": before}}}, "zero_shot_accuracy": 0.9},
+                "after": {"bands": {"image": {"noise": {"energy_share": after}}}, "zero_shot_accuracy": 0.91}}
+
+    runs = {"sde": [run(0.5, 0.1), run(0.5, 0.3)], "infonce": [run(0.5, 0.2)]}
+    metrics = (("image noise share", ("bands", "image", "noise", "energy_share")),)
+    summary = seed_summary(runs, metrics)
+    assert summary["image noise share"]["before"] == (0.5, 0.0)
+    assert summary["image noise share"]["sde"] == pytest.approx((0.2, 0.1))
+    assert summary["image noise share"]["infonce"] == pytest.approx((0.2, 0.0))
+    table = seed_table(summary, 2).splitlines()
+    assert table[0] == "| held-out metric (2 seeds, mean ± sd) | before | after sde | after infonce |"
+    assert table[2] == "| image noise share (%) | 50.000 ± 0.000 | 20.000 ± 10.000 | 20.000 ± 0.000 |"
