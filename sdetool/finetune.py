@@ -19,7 +19,7 @@ import numpy as np
 
 from sdetool import __version__
 from sdetool.errors import BadInputError, TrainingInterrupted
-from sdetool.finetune_data import POSITIVES, PairData, PairSet
+from sdetool.finetune_data import POSITIVES, PairData
 from sdetool.runfolder import EVAL, SCHEMA, WEIGHTS, RunFolder
 from sdetool.sde import SDEConfig
 from sdetool.trainloop import PRECISIONS, TrainingLoop, batch_rows, learning_rate_factor
@@ -143,20 +143,8 @@ def load_data(model: str | None, source, embeddings: str | None, options: Finetu
         else:
             data = finetune_data.from_source(source, options.eval_fraction)
     if options.eval_limit and len(data.held_out) > options.eval_limit:
-        data.held_out = _first(data.held_out, options.eval_limit)
+        data.held_out = data.held_out.take(np.arange(options.eval_limit))
     return data
-
-
-def _first(pairs: PairSet, count: int) -> PairSet:
-    """The first ``count`` pairs (distinct texts renumbered)."""
-    from sdetool.finetune_data import _distinct
-
-    texts_used, text_rows = _distinct(list(pairs.text_rows[:count]))
-    return PairSet(ids=pairs.ids[:count], rows=pairs.rows[:count], text_rows=text_rows,
-                   texts=[pairs.texts[i] for i in texts_used] if pairs.texts is not None else None,
-                   labels=pairs.labels[:count] if pairs.labels is not None else None,
-                   image=pairs.image[:count] if pairs.image is not None else None,
-                   text=pairs.text[:count] if pairs.text is not None else None)
 
 
 def build_target(model: str | None, data: PairData, options: FinetuneOptions, device: str):

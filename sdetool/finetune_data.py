@@ -44,6 +44,18 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, positions) -> "PairSet":
+        """The pairs at ``positions`` (in that order), their distinct texts renumbered."""
+        positions = np.asarray(positions, dtype=np.int64)
+        used, text_rows = _distinct(list(self.text_rows[positions]))
+
+        def pick(array):
+            return None if array is None else array[positions]
+
+        return PairSet(ids=[self.ids[i] for i in positions], rows=self.rows[positions], text_rows=text_rows,
+                       texts=None if self.texts is None else [self.texts[i] for i in used],
+                       labels=pick(self.labels), image=pick(self.image), text=pick(self.text))
+
     def groups(self, positives: str) -> np.ndarray:
         """Positive group of every pair: itself, its distinct text, or its class."""
         if positives == "auto":
@@ -173,15 +185,10 @@ def from_store(path: str, eval_fraction: float = 0.1) -> PairData:
     if mask.all() or not mask.any():
         raise BadInputError(f"--eval-fraction {eval_fraction}: leaves no training or no held-out pairs of {n_image}")
 
-    def split(selected: np.ndarray) -> PairSet:
-        rows = np.flatnonzero(selected)
-        _, distinct_rows = _distinct(list(text_rows[rows]))
-        return PairSet(ids=[ids[i] for i in rows], rows=rows, text_rows=distinct_rows,
-                       image=arrays["image"][rows], text=arrays["text"][rows])
-
+    pairs = PairSet(ids=ids, rows=np.arange(n_image), text_rows=text_rows, image=arrays["image"], text=arrays["text"])
     digest = hashlib.sha256()
     for key in ("image", "text"):
         digest.update(memoryview(np.ascontiguousarray(arrays[key])).cast("B"))
     digest = digest.hexdigest()
-    return PairData(split(~mask), split(mask), f"{path}: {int((~mask).sum())} training / {int(mask.sum())} "
+    return PairData(pairs.take(np.flatnonzero(~mask)), pairs.take(np.flatnonzero(mask)), f"{path}: {int((~mask).sum())} training / {int(mask.sum())} "
                     f"held-out cached pairs (by id hash)", f"sha256:{digest}:eval={eval_fraction}")
