@@ -222,7 +222,7 @@ def _check_usable(state: GramState, options: AnalysisOptions, label: str) -> Non
         raise BadInputError(f"{label}: the float64 Gram overflowed (entries near 1e154 or larger); rescale the rows")
 
 
-def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", need_vectors: bool = False):
+def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", vectors: int = 0):
     """Spectrum, partition and metrics of accumulated statistics.
 
     Returns
@@ -230,7 +230,7 @@ def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", ne
     partition : SpectralPartition
     metrics : dict
     top_vectors : ndarray of shape (d, k), or None
-        ``k = min(top_k, numerical rank)``.
+        ``k = min(vectors, numerical rank)``; None when ``vectors`` is 0.
     """
     _check_usable(state, options, label)
     n_effective = state.n - 1 if options.center else state.n
@@ -255,8 +255,8 @@ def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", ne
         "power_law_window": window if window[0] <= window[1] else None,
         "mean_cosine": metrics.mean_cosine(state.unit_sum, state.n - state.zero_rows),
     }
-    vectors = _top_vectors(state, options, min(options.top_k, part.numerical_rank)) if need_vectors else None
-    return part, scores, vectors
+    top = _top_vectors(state, options, min(vectors, part.numerical_rank)) if vectors else None
+    return part, scores, top
 
 
 def cross_analysis(first: SetAnalysis, second: SetAnalysis, top_k: int) -> CrossAnalysis:
@@ -283,6 +283,7 @@ def analyze(
     *,
     progress: Progress | None = None,
     local: bool = False,
+    vectors: int | None = None,
 ) -> AnalysisReport:
     """Analyze the singular spectrum of every embedding set of the input.
 
@@ -297,6 +298,9 @@ def analyze(
         Receives streaming progress.
     local : bool
         Analyze in this process alone, even under ``torchrun`` (for a caller that runs on one rank).
+    vectors : int, optional
+        Leading right singular vectors kept per set as ``top_vectors`` (default: ``top_k`` when there
+        are several sets, for the cross-modal section, else none). ``compare`` asks for all of them.
 
     Returns
     -------
@@ -313,7 +317,7 @@ def analyze(
     specs = [inputs] if isinstance(inputs, str) else list(inputs)
     opened = open_inputs(specs, keys)
     world = World() if local else current_world()
-    need_vectors = len(opened) > 1
+    keep_vectors = vectors if vectors is not None else (options.top_k if len(opened) > 1 else 0)
     results: dict[str, SetAnalysis] = {}
     for key, shards in opened.items():
         dim = shards[0].shape[1]
@@ -326,7 +330,7 @@ def analyze(
         device = "cpu" if keep_rows else resolve_device(options.device, n_selected, dim)
         state = stream_state(shards, options, world=world, progress=progress, label=label,
                              keep_rows=keep_rows, device=device)
-        part, scores, vectors = summarize(state, options, label=label, need_vectors=need_vectors)
+        part, scores, vectors = summarize(state, options, label=label, vectors=keep_vectors)
         unit_count = max(state.n - state.zero_rows, 1)
         results[key] = SetAnalysis(
             key=key,

@@ -121,10 +121,28 @@ def subspace_overlap(vectors_a: np.ndarray, vectors_b: np.ndarray) -> tuple[floa
     """
     if vectors_a.shape != vectors_b.shape:
         raise ValueError(f"bases must have the same shape, got {vectors_a.shape} and {vectors_b.shape}")
+    angles = principal_angles(vectors_a, vectors_b)
+    return float(np.sum(np.cos(angles) ** 2) / vectors_a.shape[1]), angles
+
+
+def principal_angles(vectors_a: np.ndarray, vectors_b: np.ndarray) -> np.ndarray:
+    """Principal angles between the spans of two orthonormal bases (Bjorck & Golub 1973).
+
+    Parameters
+    ----------
+    vectors_a : ndarray, shape (d, k_a)
+    vectors_b : ndarray, shape (d, k_b)
+        Orthonormal columns; ``k_a`` and ``k_b`` may differ.
+
+    Returns
+    -------
+    ndarray, shape (min(k_a, k_b),)
+        Angles in radians, ascending: 0 for a shared direction, pi/2 for an orthogonal one.
+    """
+    if vectors_a.ndim != 2 or vectors_b.ndim != 2 or vectors_a.shape[0] != vectors_b.shape[0]:
+        raise ValueError(f"bases must be (d, k) with the same d, got {vectors_a.shape} and {vectors_b.shape}")
     cosines = np.linalg.svd(vectors_a.T @ vectors_b, compute_uv=False)
-    cosines = np.clip(cosines, 0.0, 1.0)
-    k = vectors_a.shape[1]
-    return float(np.sum(cosines**2) / k), np.sort(np.arccos(cosines))
+    return np.sort(np.arccos(np.clip(cosines, 0.0, 1.0)))
 
 
 def modality_gap(unit_mean_a: np.ndarray, unit_mean_b: np.ndarray) -> float:
