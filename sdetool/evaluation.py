@@ -59,3 +59,9 @@ def zero_shot_accuracy(image: np.ndarray, prototypes: np.ndarray, labels: np.nda
     """Share of images whose most similar class prototype (K, d) is their label."""
     predicted = np.argmax(unit_rows(image) @ unit_rows(prototypes).T, axis=1)
     return float(np.mean(predicted == np.asarray(labels)))
+
+
+def recall_order(name: str) -> tuple:
+    """Sort key of recall names: ``image_to_text_R@10`` after ``image_to_text_R@5``."""
+    direction, _, k = name.rpartition("@")
+    return direction, int(k) if k.isdigit() else 0

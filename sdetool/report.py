@@ -160,13 +160,11 @@ def render_models(rows: list[dict], console: Console) -> None:
 def finetune_rows(evaluation: dict) -> list[tuple[str, float | None, float | None]]:
     """``(metric, before, after)`` rows of a run's evaluation, in display order (pure)."""
     before, after = evaluation.get("before", {}), evaluation.get("after", {})
+    from sdetool.evaluation import recall_order
+
     rows: list[tuple[str, float | None, float | None]] = []
     if "zero_shot_accuracy" in before or "zero_shot_accuracy" in after:
         rows.append(("zero-shot accuracy", before.get("zero_shot_accuracy"), after.get("zero_shot_accuracy")))
-    def recall_order(name: str) -> tuple:
-        direction, _, k = name.rpartition("@")
-        return direction, int(k) if k.isdigit() else 0
-
     for name in sorted(before.get("recall", {}), key=recall_order):
         rows.append((name.replace("_", " "), before["recall"][name], after.get("recall", {}).get(name)))
     for key in before.get("bands", {}):
@@ -241,4 +239,100 @@ def seed_table(summary: dict, seeds: int) -> str:
         scale = 1 if "rank" in label else 100
         cells = [f"{scale * mean:.3f} ± {scale * sd:.3f}" for mean, sd in [row["before"]] + [row[loss] for loss in losses]]
         lines.append(f"| {label}{'' if scale == 1 else ' (%)'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- compare -------------------------------------------------------------------------------------
+
+
+def _percent(value) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"
+
+
+def _points(value) -> str:
+    return "" if value is None else f"{100 * value:+.2f} pt"
+
+
+def _signed(value, digits: int = 4) -> str:
+    return "" if value is None else f"{value:+.{digits}g}"
+
+
+def compare_band_rows(entry: dict) -> list[tuple[str, ...]]:
+    """``(band, count before, after, change, share before, after, change)`` rows of one compared set (pure)."""
+    rows = []
+    for band, values in entry["bands"].items():
+        count, share = values["count"], values["energy_share"]
+        counts = ["" if count[side] is None else f"{count[side]:.0f}" for side in ("before", "after")]
+        rows.append((band, *counts, "" if count["delta"] is None else f"{count['delta']:+.0f}",
+                     _percent(share["before"]), _percent(share["after"]), _points(share["delta"])))
+    return rows
+
+
+def compare_metric_rows(entry: dict) -> list[tuple[str, str, str, str]]:
+    """``(metric, before, after, change)`` rows of one compared set's spectral metrics (pure)."""
+    return [(metric.replace("_", " "), _fmt(v["before"]), _fmt(v["after"]), _signed(v["delta"]))
+            for metric, v in entry["metrics"].items()]
+
+
+def compare_evaluation_rows(document: dict) -> list[tuple[str, str, str, str]]:
+    """``(metric, before, after, change)`` rows of the runs' held-out accuracy and recalls, in % (pure)."""
+    evaluation = document.get("evaluation") or {}
+    named = ([("zero-shot accuracy", evaluation["zero_shot_accuracy"])] if "zero_shot_accuracy" in evaluation else [])
+    named += [(metric.replace("_", " "), v) for metric, v in evaluation.get("recall", {}).items()]
+    return [(metric, _percent(v["before"]), _percent(v["after"]), _points(v["delta"])) for metric, v in named]
+
+
+def subspace_line(entry: dict) -> str | None:
+    """One line on the principal angles between the strong subspaces, or None."""
+    strong = entry.get("strong_subspace")
+    if not strong or not strong["principal_angles_deg"]:
+        return None
+    angles = strong["principal_angles_deg"]
+    return (f"strong subspaces ({strong['k_before']} -> {strong['k_after']} dims): principal angles "
+            f"{angles[0]:.1f} to {angles[-1]:.1f} deg (median {float(sorted(angles)[len(angles) // 2]):.1f}), "
+            f"overlap {strong['overlap']:.3f}")
+
+
+def _print_rows(console: Console, rows: list) -> None:
+    table = Table(show_header=True, box=None, padding=(0, 2))
+    for column in ("metric", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+
+
+BAND_COLUMNS = ("band", "count before", "after", "change", "energy before", "after", "change")
+
+
+def render_compare(document: dict, console: Console) -> None:
+    """Per compared set: the energy-redistribution table, metrics and evaluation, principal angles."""
+    before, after = document["before"]["label"], document["after"]["label"]
+    for name, entry in document["sets"].items():
+        table = Table(title=f"{escape(name)}: {escape(before)} -> {escape(after)}", title_justify="left")
+        for column in BAND_COLUMNS:
+            table.add_column(column, justify="left" if column == "band" else "right")
+        for row in compare_band_rows(entry):
+            table.add_row(*row)
+        console.print(table)
+        _print_rows(console, compare_metric_rows(entry))
+        line = subspace_line(entry)
+        if line:
+            console.print(line)
+    for pair, values in (document.get("cross") or {}).items():
+        shown = ", ".join(f"{metric} {_fmt(v['before'])} -> {_fmt(v['after'])}" for metric, v in values.items()
+                          if v["before"] is not None or v["after"] is not None)
+        console.print(f"{escape(pair)}: {escape(shown)}")
+    rows = compare_evaluation_rows(document)
+    if rows:
+        console.print("held-out evaluation of the runs")
+        _print_rows(console, rows)
+    for note in document.get("notes", []):
+        console.print(f"[dim]note: {escape(note)}[/]")
+
+
+def markdown_table(header: tuple, rows: list) -> str:
+    """A GitHub Markdown table (pure)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

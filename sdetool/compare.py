@@ -1,0 +1,319 @@
+"""Before/after comparison: the energy-redistribution table, metrics, and strong-subspace angles.
+
+A *state* is what one side of a comparison holds: per embedding set, the band counts and energy
+shares, the spectral metrics and (when the vectors are at hand) the strong subspace's basis; the
+cross-modal numbers; and a fine-tuning run's held-out accuracy and recalls. States come from
+
+- an analysis report (``sdetool analyze --json``, schema ``sdetool.analysis/1``),
+- a fine-tuning run (its folder, or its ``eval.json``): two states, before and after. Where the run
+  exported its held-out embeddings (``embeddings_before.h5`` / ``embeddings_after.h5``) they are
+  analysed, which adds every metric and the strong subspaces,
+- any input ``analyze`` reads (a store, ``.npy`` ...), analysed here.
+
+:func:`compare_states` is pure; :func:`compare` opens the inputs. ``Comparison.to_dict()`` is the
+``sdetool.compare/1`` JSON contract (``docs/json-schema.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from sdetool import __version__, metrics
+from sdetool.errors import BadInputError
+from sdetool.evaluation import recall_order
+from sdetool.spectrum import BANDS
+
+SCHEMA = "sdetool.compare/1"
+SET_METRICS = ("effective_rank", "stable_rank", "participation_ratio", "power_law_alpha", "mean_cosine")
+CROSS_METRICS = ("hellinger", "subspace_overlap", "modality_gap")
+RUN_STAGES = ("before", "after")
+
+
+@dataclass(frozen=True)
+class SetState:
+    """One embedding set on one side: band counts/shares, metrics, the strong basis when known."""
+
+    bands: dict  # band -> {"count": int | None, "energy_share": float | None}
+    metrics: dict  # name -> float | None
+    dim: int | None = None
+    strong_basis: np.ndarray | None = None  # (d, k_strong), orthonormal
+
+
+@dataclass(frozen=True)
+class State:
+    """One side of a comparison."""
+
+    label: str
+    source: str
+    sets: dict  # key -> SetState
+    cross: dict = field(default_factory=dict)  # "a~b" -> {name: float | None}
+    evaluation: dict | None = None  # {"zero_shot_accuracy": x, "recall": {name: x}}
+
+
+def _number(value):
+    if value is None or isinstance(value, bool):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def change(before, after) -> dict:
+    """``{"before", "after", "delta"}``; the delta is null when either side is."""
+    before, after = _number(before), _number(after)
+    delta = None if before is None or after is None else after - before
+    return {"before": before, "after": after, "delta": delta}
+
+
+# --- states from documents and analyses ------------------------------------------------------------
+
+
+def state_from_analysis(document: dict, label: str, source: str) -> State:
+    """A state from an ``sdetool.analysis/1`` document (one set, or ``{"sets", "cross"}``)."""
+    entries = document["sets"] if "sets" in document else {document.get("key") or "embeddings": document}
+    sets = {}
+    for key, entry in entries.items():
+        bands = {name: {"count": entry["bands"][name]["count"], "energy_share": entry["bands"][name]["energy_share"]}
+                 for name in BANDS}
+        sets[key] = SetState(bands, {name: entry.get("metrics", {}).get(name) for name in SET_METRICS}, entry.get("dim"))
+    cross = {name: {metric: pair.get(metric) for metric in CROSS_METRICS} for name, pair in document.get("cross", {}).items()}
+    return State(label, source, sets, cross)
+
+
+def state_from_report(report, label: str, source: str) -> State:
+    """A state from an in-memory :class:`~sdetool.results.AnalysisReport` (with the strong bases)."""
+    state = state_from_analysis(report.to_dict(), label, source)
+    sets = {}  # the same, with the strong bases
+    for key, analysed in report.sets.items():
+        strong = int(np.sum(analysed.partition.labels == 0))
+        basis = None
+        if analysed.top_vectors is not None and analysed.top_vectors.shape[1] >= strong:
+            basis = analysed.top_vectors[:, :strong]
+        sets[key] = replace(state.sets[key], dim=analysed.dim, strong_basis=basis)
+    return replace(state, sets=sets)
+
+
+def state_from_evaluation(stage: dict, label: str, source: str) -> State:
+    """A state from one stage (``before`` or ``after``) of a fine-tuning run's ``eval.json``."""
+    sets = {}
+    for key, entry in stage.get("bands", {}).items():
+        bands = {name: {"count": entry[name]["count"], "energy_share": entry[name]["energy_share"]} for name in BANDS}
+        sets[key] = SetState(bands, {"effective_rank": entry.get("effective_rank")})
+    return State(label, source, sets, {}, evaluation_summary(stage))
+
+
+def evaluation_summary(stage: dict) -> dict:
+    result = {"recall": dict(stage.get("recall", {}))}
+    if "zero_shot_accuracy" in stage:
+        result["zero_shot_accuracy"] = stage["zero_shot_accuracy"]
+    return result
+
+
+# --- the comparison ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Per set: band counts and shares before/after/delta, metrics, strong-subspace angles."""
+
+    before: State
+    after: State
+    pairs: tuple  # ((name, before key, after key), ...)
+    notes: tuple = ()
+
+    def _set(self, name: str, before_key: str, after_key: str) -> dict:
+        first, second = self.before.sets[before_key], self.after.sets[after_key]
+        bands = {band: {quantity: change(first.bands[band][quantity], second.bands[band][quantity])
+                        for quantity in ("count", "energy_share")} for band in BANDS}
+        names = [m for m in SET_METRICS if first.metrics.get(m) is not None or second.metrics.get(m) is not None]
+        return {
+            "before_key": before_key,
+            "after_key": after_key,
+            "bands": bands,
+            "metrics": {m: change(first.metrics.get(m), second.metrics.get(m)) for m in names},
+            "strong_subspace": strong_subspace(first, second),
+        }
+
+    def to_dict(self) -> dict:
+        cross = {}
+        for name in sorted(set(self.before.cross) & set(self.after.cross)):
+            cross[name] = {m: change(self.before.cross[name].get(m), self.after.cross[name].get(m)) for m in CROSS_METRICS}
+        evaluation = None
+        if self.before.evaluation is not None and self.after.evaluation is not None:
+            evaluation = {"recall": {}}
+            shared = set(self.before.evaluation["recall"]) & set(self.after.evaluation["recall"])
+            for metric in sorted(shared, key=recall_order):
+                evaluation["recall"][metric] = change(self.before.evaluation["recall"][metric],
+                                                      self.after.evaluation["recall"][metric])
+            if "zero_shot_accuracy" in self.before.evaluation and "zero_shot_accuracy" in self.after.evaluation:
+                evaluation["zero_shot_accuracy"] = change(self.before.evaluation["zero_shot_accuracy"],
+                                                          self.after.evaluation["zero_shot_accuracy"])
+        return {
+            "schema": SCHEMA,
+            "before": {"label": self.before.label, "source": self.before.source},
+            "after": {"label": self.after.label, "source": self.after.source},
+            "sets": {name: self._set(name, a, b) for name, a, b in self.pairs},
+            "cross": cross,
+            "evaluation": evaluation,
+            "notes": list(self.notes),
+            "sdetool_version": __version__,
+        }
+
+
+def strong_subspace(first: SetState, second: SetState) -> dict | None:
+    """Principal angles between the two strong subspaces; None without both bases of one dimension."""
+    if first.strong_basis is None or second.strong_basis is None or first.dim != second.dim:
+        return None
+    k_before, k_after = first.strong_basis.shape[1], second.strong_basis.shape[1]
+    if min(k_before, k_after) == 0:
+        return {"k_before": k_before, "k_after": k_after, "principal_angles_deg": [], "overlap": None}
+    angles = metrics.principal_angles(first.strong_basis, second.strong_basis)
+    return {
+        "k_before": k_before,
+        "k_after": k_after,
+        "principal_angles_deg": [float(a) for a in np.degrees(angles)],
+        "overlap": float(np.mean(np.cos(angles) ** 2)),  # 1: the smaller subspace lies inside the larger
+    }
+
+
+def match_sets(before: State, after: State, keys: list[str] | None = None) -> tuple[tuple, tuple]:
+    """Pairs ``(name, before key, after key)`` of sets to compare, and notes on what was left out."""
+    if keys:
+        for side in (before, after):
+            missing = [key for key in keys if key not in side.sets]
+            if missing:
+                raise BadInputError(f"--key {missing[0]}: {side.source} has no such set; it has "
+                                    f"{', '.join(side.sets) or 'none'}")
+        return tuple((key, key, key) for key in keys), ()
+    common = [key for key in before.sets if key in after.sets]
+    if common:
+        left = sorted((set(before.sets) | set(after.sets)) - set(common))
+        notes = (f"only on one side, not compared: {', '.join(left)}",) if left else ()
+        return tuple((key, key, key) for key in common), notes
+    if len(before.sets) == 1 and len(after.sets) == 1:
+        first, second = next(iter(before.sets)), next(iter(after.sets))
+        return ((f"{first}->{second}", first, second),), ()
+    raise BadInputError(f"{before.source} and {after.source} share no embedding set ({', '.join(before.sets)} against "
+                        f"{', '.join(after.sets)}); choose them with --key")
+
+
+def compare_states(before: State, after: State, keys: list[str] | None = None) -> Comparison:
+    """Compare two states (pure)."""
+    pairs, notes = match_sets(before, after, keys)
+    extra = []
+    for name, a, b in pairs:
+        first, second = before.sets[a], after.sets[b]
+        if first.strong_basis is None or second.strong_basis is None:
+            extra.append(f"{name}: no principal angles (they need the embeddings: compare stores or runs exported "
+                         f"with --export-embeddings, not JSON reports)")
+        elif first.dim != second.dim:
+            extra.append(f"{name}: no principal angles (dimensions differ: {first.dim} vs {second.dim})")
+    return Comparison(before, after, pairs, notes + tuple(extra))
+
+
+# --- opening inputs ---------------------------------------------------------------------------------
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInputError(f"{path}: not a readable JSON file ({str(error).splitlines()[0]})") from None
+    if not isinstance(document, dict):
+        raise BadInputError(f"{path}: expected a JSON object (an analysis report or a run's eval.json)")
+    return document
+
+
+def _is_evaluation(document: dict) -> bool:
+    return all(isinstance(document.get(stage), dict) and "bands" in document[stage] for stage in RUN_STAGES)
+
+
+def _run_states(folder: str, evaluation: dict, analyze_options, progress) -> list[State]:
+    """A fine-tuning run's before and after states; analysed from its exported embeddings when present."""
+    states = []
+    for stage in RUN_STAGES:
+        store = os.path.join(folder, f"embeddings_{stage}.h5")
+        label = f"{os.path.basename(os.path.abspath(folder))} {stage}"
+        if os.path.isfile(store):
+            state = analyze_state(store, label, analyze_options, progress)
+            state = replace(state, source=f"{folder} ({stage})", evaluation=evaluation_summary(evaluation[stage]))
+        else:
+            state = state_from_evaluation(evaluation[stage], label, f"{folder} ({stage})")
+        states.append(state)
+    return states
+
+
+def analyze_state(path: str, label: str, options=None, progress=None) -> State:
+    """Analyze an input (every set, all right singular vectors kept) into a state."""
+    from sdetool.analysis import analyze
+
+    report = analyze(path, options=options, progress=progress, local=True, vectors=1 << 30)
+    return state_from_report(report, label, path)
+
+
+def open_states(path: str, analyze_options=None, progress=None) -> list[State]:
+    """The states an input holds: one for a report or embeddings, two (before, after) for a run."""
+    label = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+    if os.path.isdir(path):
+        evaluation = os.path.join(path, "eval.json")
+        if not os.path.isfile(evaluation):
+            raise BadInputError(f"{path}: a folder without eval.json; expected a finished fine-tuning run folder")
+        return _run_states(path, read_json(evaluation), analyze_options, progress)
+    if path.lower().endswith(".json"):
+        if not os.path.isfile(path):
+            raise BadInputError(f"{path}: no such file")
+        document = read_json(path)
+        if _is_evaluation(document):
+            return _run_states(os.path.dirname(path) or ".", document, analyze_options, progress)
+        if document.get("schema") == "sdetool.finetune/1" and _is_evaluation(document.get("evaluation") or {}):
+            return _run_states(document.get("out") or os.path.dirname(path) or ".", document["evaluation"],
+                               analyze_options, progress)
+        if str(document.get("schema", "")).startswith("sdetool.analysis/"):
+            return [state_from_analysis(document, label, path)]
+        raise BadInputError(f"{path}: expected an analysis report (sdetool analyze --json) or a fine-tuning run's "
+                            f"eval.json; found schema {document.get('schema')!r}")
+    return [analyze_state(path, label, analyze_options, progress)]
+
+
+def compare(inputs: list[str], keys: list[str] | None = None, analyze_options=None, progress=None) -> Comparison:
+    """Compare two inputs (before, after), or the two stages of one fine-tuning run.
+
+    A run given as one of two inputs stands for its state *after* training (to compare two runs).
+    """
+    if len(inputs) not in (1, 2):
+        raise BadInputError(f"compare takes two inputs (before, after) or one fine-tuning run, got {len(inputs)}")
+    states = [open_states(path, analyze_options, progress) for path in inputs]
+    if len(inputs) == 1:
+        if len(states[0]) != 2:
+            raise BadInputError(f"{inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
+                                f"two inputs to compare reports or stores")
+        before, after = states[0]
+    else:
+        before, after = states[0][-1], states[1][-1]
+    return compare_states(before, after, keys)
+
+
+def compare_paths() -> dict:
+    """The skeleton of every path a comparison can have, for checking ``--fail-if`` before a run."""
+    from sdetool.checks import ANY
+
+    delta = dict.fromkeys(["before", "after", "delta"])
+    one = {
+        "before_key": None, "after_key": None,
+        "bands": {band: {"count": delta, "energy_share": delta} for band in BANDS},
+        "metrics": {name: delta for name in SET_METRICS},
+        "strong_subspace": dict.fromkeys(["k_before", "k_after", "principal_angles_deg", "overlap"]),
+    }
+    return {
+        **one,
+        "schema": None, "before": dict.fromkeys(["label", "source"]), "after": dict.fromkeys(["label", "source"]),
+        "sets": {ANY: one},
+        "cross": {ANY: {name: delta for name in CROSS_METRICS}},
+        "evaluation": {"zero_shot_accuracy": delta, "recall": {ANY: delta}},
+        "notes": None, "sdetool_version": None,
+    }
