@@ -1,0 +1,193 @@
+"""``sdetool plot``: open the inputs a figure needs, draw it (:mod:`sdetool.plots`), save it.
+
+The inputs are what the other commands write: analysis reports (``analyze --json``), stores and
+other ``analyze`` inputs (analysed here), fine-tuning runs (their folder, ``eval.json`` or
+``metrics.jsonl``) and comparisons (``compare --json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from sdetool.compare import read_json
+from sdetool.errors import BadInputError
+from sdetool.spectrum import BANDS
+
+KINDS = ("spectrum", "energy", "bands", "training")
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    """What to draw from the inputs, and how.
+
+    ``keys`` selects embedding sets (default: every set); ``labels`` replaces the series labels, in
+    order; ``analysis`` (an :class:`~sdetool.analysis.AnalysisOptions`) applies to inputs analysed here.
+    """
+
+    keys: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    loglog: bool = False
+    title: str | None = None
+    analysis: object = None
+    dpi: int = 150
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+def _set_documents(document: dict, keys: tuple[str, ...], source: str) -> dict:
+    entries = document["sets"] if "sets" in document else {document.get("key") or "embeddings": document}
+    missing = [key for key in keys if key not in entries]
+    if missing:
+        raise BadInputError(f"--key {missing[0]}: {source} has no such set; it has {', '.join(entries)}")
+    return {key: entry for key, entry in entries.items() if not keys or key in keys}
+
+
+def _run_stores(path: str) -> list[tuple[str, str]] | None:
+    """A run's exported embeddings ``[(label, store)]``, or None when ``path`` is not a run."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path) if os.path.basename(path) == "eval.json" else None
+    if folder is None:
+        return None
+    stores = [(f"{_stem(folder)} {stage}", os.path.join(folder, f"embeddings_{stage}.h5")) for stage in ("before", "after")]
+    if not all(os.path.isfile(store) for _, store in stores):
+        raise BadInputError(f"{path}: this plot needs singular values, and the run holds only band shares; fine-tune "
+                            f"with --export-embeddings, or give analysis reports or stores")
+    return stores
+
+
+def analysis_series(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
+    """``(label, analysis set document)`` per set of every input, in order."""
+    from sdetool.analysis import analyze
+
+    series = []
+    for path in paths:
+        if path.lower().endswith(".json") and os.path.basename(path) != "eval.json":
+            if not os.path.isfile(path):
+                raise BadInputError(f"{path}: no such file")
+            document = read_json(path)
+            if not str(document.get("schema", "")).startswith("sdetool.analysis/"):
+                raise BadInputError(f"{path}: expected an analysis report (sdetool analyze --json); found schema "
+                                    f"{document.get('schema')!r}")
+            sources = [(_stem(path), document)]
+        else:
+            stores = _run_stores(path) or [(_stem(path), path)]
+            sources = [(label, analyze(store, keys=list(options.keys) or None, options=options.analysis,
+                                       progress=progress, local=True).to_dict()) for label, store in stores]
+        for label, document in sources:
+            entries = _set_documents(document, options.keys, path)
+            for key, entry in entries.items():
+                series.append((label if len(entries) == 1 else f"{label} {key}", entry))
+    return series
+
+
+def band_states(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
+    """``(label, {key: {band: share}})`` per state: reports and stores give one, runs and comparisons two.
+
+    Several runs share their "before" state (the same base model and held-out pairs): it is drawn once.
+    """
+    from sdetool.compare import open_states
+
+    states: list[tuple[str, dict]] = []
+    for path in paths:
+        if path.lower().endswith(".json") and os.path.isfile(path) and \
+                str(read_json(path).get("schema", "")).startswith("sdetool.compare/"):
+            states += _comparison_states(read_json(path))
+            continue
+        opened = open_states(path, options.analysis, progress)
+        for state in opened:
+            shares = {key: {band: value.bands[band]["energy_share"] for band in BANDS} for key, value in state.sets.items()}
+            if len(opened) == 2 and state is opened[0] and any(shares == seen for _, seen in states):
+                continue  # this run's "before" is already drawn
+            states.append((state.label, shares))
+    return [(label, _chosen(sets, options.keys, label)) for label, sets in states]
+
+
+def _chosen(sets: dict, keys: tuple[str, ...], label: str) -> dict:
+    missing = [key for key in keys if key not in sets]
+    if missing:
+        raise BadInputError(f"--key {missing[0]}: {label} has no such set; it has {', '.join(sets)}")
+    return {key: value for key, value in sets.items() if not keys or key in keys}
+
+
+def _comparison_states(document: dict) -> list[tuple[str, dict]]:
+    states = []
+    for side in ("before", "after"):
+        shares = {name: {band: entry["bands"][band]["energy_share"][side] for band in BANDS}
+                  for name, entry in document["sets"].items()}
+        states.append((document[side]["label"], shares))
+    return states
+
+
+def training_runs(paths: list[str]) -> list[tuple[str, list[dict]]]:
+    """``(run label, metrics.jsonl records)`` per run folder or ``metrics.jsonl`` file."""
+    runs = []
+    for path in paths:
+        file = os.path.join(path, "metrics.jsonl") if os.path.isdir(path) else path
+        label = _stem(os.path.dirname(os.path.abspath(file))) if os.path.basename(file) == "metrics.jsonl" else _stem(file)
+        try:
+            with open(file, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError as error:
+            raise BadInputError(f"{path}: expected a run folder or its metrics.jsonl ({error.strerror})") from None
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):  # a run still writing: its last line may be partial
+                    break
+                raise BadInputError(f"{file}: line {number} is not JSON") from None
+            if not isinstance(record, dict) or "step" not in record or "loss" not in record:
+                raise BadInputError(f"{file}: line {number} has no step and loss; expected sdetool finetune's metrics.jsonl")
+            records.append(record)
+        if not records:
+            raise BadInputError(f"{file}: no training records yet")
+        runs.append((label, records))
+    return runs
+
+
+def _relabel(items: list, labels: tuple[str, ...]) -> list:
+    if not labels:
+        return items
+    if len(labels) != len(items):
+        raise BadInputError(f"--label given {len(labels)} times for {len(items)} series "
+                            f"({', '.join(label for label, _ in items)})")
+    return [(label, value) for label, (_, value) in zip(labels, items)]
+
+
+def plot(kind: str, inputs: list[str], out: str, options: PlotOptions = PlotOptions(), progress=None) -> dict:
+    """Draw figure ``kind`` (spectrum, energy, bands, training) from ``inputs`` into ``out`` (.png/.svg/.pdf).
+
+    Returns
+    -------
+    dict
+        ``{"kind", "out", "series": [labels]}``.
+    """
+    from sdetool import plots
+
+    if kind not in KINDS:
+        raise BadInputError(f"plot {kind!r}: expected one of {', '.join(KINDS)}")
+    try:
+        plots.figure_format(out)
+    except ValueError as error:
+        raise BadInputError(f"--out {error}") from None
+    from sdetool.report import check_output_path
+
+    check_output_path(out, "--out")
+    if not inputs:
+        raise BadInputError(f"plot {kind}: give at least one input")
+    if kind == "training":
+        items = _relabel(training_runs(inputs), options.labels)
+        figure = plots.training_figure(items, title=options.title)
+    elif kind == "bands":
+        items = _relabel(band_states(inputs, options, progress), options.labels)
+        figure = plots.bands_figure(items, title=options.title)
+    else:
+        items = _relabel(analysis_series(inputs, options, progress), options.labels)
+        figure = (plots.spectrum_figure(items, loglog=options.loglog, title=options.title) if kind == "spectrum"
+                  else plots.energy_figure(items, title=options.title))
+    plots.save_figure(figure, out, dpi=options.dpi)
+    return {"kind": kind, "out": out, "series": [label for label, _ in items]}
