@@ -52,16 +52,7 @@ class Target(ABC):
         return state
 
     def load_state(self, state: dict) -> None:
-        import torch
-
-        with torch.no_grad():
-            self.logit_scale.copy_(state["logit_scale"])
-            for name, module in self.modules.items():
-                own = dict(module.named_parameters()) | dict(module.named_buffers())
-                for key, value in state.items():
-                    prefix, _, rest = key.partition(".")
-                    if prefix == name and rest in own:
-                        own[rest].copy_(value)
+        copy_state(self.modules, self.logit_scale, state)
 
     def train(self, mode: bool = True) -> None:
         for module in self.modules.values():
@@ -82,6 +73,37 @@ class Target(ABC):
     def class_prototypes(self, data: PairData):
         """Zero-shot classifier (K, d) of the classes, or None when it cannot be built."""
         return None
+
+
+def copy_state(modules: dict, logit_scale, state: dict) -> list[str]:
+    """Copy a saved state (``logit_scale`` and ``<module>.<parameter or buffer>``) into the modules.
+
+    Returns the keys that name nothing in ``modules`` (a state saved from another model).
+    """
+    import torch
+
+    unused = []
+    with torch.no_grad():
+        logit_scale.copy_(state["logit_scale"])
+        own = {name: dict(module.named_parameters()) | dict(module.named_buffers()) for name, module in modules.items()}
+        for key, value in state.items():
+            prefix, _, rest = key.partition(".")
+            if key == "logit_scale":
+                continue
+            if prefix in own and rest in own[prefix] and own[prefix][rest].shape == value.shape:
+                own[prefix][rest].copy_(value)
+            else:
+                unused.append(key)
+    return unused
+
+
+def encoder_modules(encoder) -> tuple[dict, object]:
+    """Every module of a dual encoder that fine-tuning may train, by state prefix, and its temperature."""
+    if encoder.backend == "builtin":
+        return {"network": encoder.network, "text_tower": encoder.text_tower.model}, encoder.network.logit_scale
+    if encoder.backend == "hf":
+        return {"model": encoder.model}, encoder.model.logit_scale
+    raise UnknownModelError(f"{encoder.spec}: fine-tuning supports builtin: and hf: models, not {encoder.backend}:")
 
 
 # --- heads ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ A model spec is ``BACKEND:NAME``:
 ``st:``        sentence-transformers / transformers text encoder with pooling (text only)
 ``open_clip:`` open_clip ``ARCH@PRETRAINED`` (optional: only when open_clip imports)
 ``builtin:``   models that ship with sdetool: ``lit-fmnist``
+``run:``       a dual encoder fine-tuned by ``sdetool finetune --target model``: ``run:FOLDER``
 ===========  ==========================================================================================
 
 :func:`parse_spec` is pure; :func:`load_model` imports torch and the backend lazily.
@@ -24,6 +25,7 @@ BACKENDS = {
     "st": "sentence-transformers / transformers text encoders with pooling (text only): st:/local/folder",
     "open_clip": "open_clip models: open_clip:ARCH@PRETRAINED (optional; needs open_clip_torch and torchvision)",
     "builtin": "models shipped with sdetool: builtin:NAME",
+    "run": "a dual encoder fine-tuned by sdetool finetune --target model: run:FOLDER (its base model + trained weights)",
 }
 BUILTINS = {
     "lit-fmnist": "LiT on Fashion-MNIST: frozen all-MiniLM-L6-v2 text tower + small CNN image tower, 256-d, offline",
@@ -56,7 +58,7 @@ def parse_spec(spec: str) -> ModelSpec:
         if rest not in BUILTINS:
             raise UnknownModelError(f"--model {spec!r}: no such built-in model; {_available()}")
         return ModelSpec(backend, rest)
-    if rest.startswith(FOLDER_PREFIXES):  # a folder: an '@' in it is part of the path
+    if rest.startswith(FOLDER_PREFIXES) or backend == "run":  # a folder: an "@" in it is part of the path
         return ModelSpec(backend, rest)
     name, at, revision = rest.rpartition("@") if "@" in rest else (rest, "", "")
     return ModelSpec(backend, name if at else rest, revision or None)
@@ -74,6 +76,10 @@ def load_model(spec: str):
         from sdetool.models.hf import HFDualEncoder
 
         return HFDualEncoder(spec, parsed.name, parsed.revision)
+    if parsed.backend == "run":
+        from sdetool.models.run import load_run_encoder
+
+        return load_run_encoder(spec, parsed.name)
     if parsed.backend == "st":
         from sdetool.models.st import SentenceEncoder
 

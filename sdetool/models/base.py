@@ -87,17 +87,28 @@ def folder_fingerprint(folder: str) -> str:
             if name.startswith("."):
                 continue
             path = os.path.join(root, name)
-            size = os.path.getsize(path)
-            digest.update(f"{os.path.relpath(path, folder)}\0{size}\0".encode())
-            with open(path, "rb") as handle:
-                if size <= _FULL_HASH_BYTES:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(block)
-                else:
-                    digest.update(handle.read(_EDGE_BYTES))
-                    handle.seek(size - _EDGE_BYTES)
-                    digest.update(handle.read(_EDGE_BYTES))
+            digest.update(f"{os.path.relpath(path, folder)}\0{os.path.getsize(path)}\0".encode())
+            _hash_content(digest, path)
     return "sha256:" + digest.hexdigest()
+
+
+def file_fingerprint(path: str) -> str:
+    """A SHA-256 of one file's content (over 64 MiB: its size and first and last MiB, as above)."""
+    digest = hashlib.sha256(f"{os.path.getsize(path)}\0".encode())
+    _hash_content(digest, path)
+    return "sha256:" + digest.hexdigest()
+
+
+def _hash_content(digest, path: str) -> None:
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        if size <= _FULL_HASH_BYTES:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(handle.read(_EDGE_BYTES))
+            handle.seek(size - _EDGE_BYTES)
+            digest.update(handle.read(_EDGE_BYTES))
 
 
 FOLDER_PREFIXES = ("/", "./", "../", "~")  # a name starting so is a folder, never a hub id
