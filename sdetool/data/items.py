@@ -82,6 +82,19 @@ class ItemSource:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, keep: np.ndarray, why: str) -> "ItemSource":
+        """The items where boolean ``keep`` is true, in order; ``why`` is appended to the location."""
+        import dataclasses
+
+        rows = np.flatnonzero(keep)
+
+        def pick(values):
+            return None if values is None else values[rows] if isinstance(values, np.ndarray) else [values[i] for i in rows]
+
+        return dataclasses.replace(self, location=f"{self.location} ({why})", ids=pick(self.ids),
+                                   image_paths=pick(self.image_paths), pixels=pick(self.pixels), texts=pick(self.texts),
+                                   labels=pick(self.labels), notes=list(self.notes))
+
     @property
     def has_images(self) -> bool:
         return self.image_paths is not None or self.pixels is not None
