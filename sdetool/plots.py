@@ -96,13 +96,16 @@ def spectrum_figure(series: list[tuple[str, dict]], *, loglog: bool = False, tit
         main.set_xscale("log")
     main.set_ylabel("singular value (embedding units)")
     main.set_title(title or "Singular spectrum: noise edge (dashed), strong threshold (dotted)", fontsize="medium")
-    main.legend(fontsize="small", loc="upper right")
+    from matplotlib.patches import Patch
+
+    handles, labels = main.get_legend_handles_labels()
+    handles += [Patch(facecolor=BAND_COLOURS[band], label=f"{band} band (ribbon)") for band in BANDS]
+    main.legend(handles=handles, fontsize="small", loc="upper right", ncol=2 if len(series) > 2 else 1)
     main.tick_params(labelbottom=False)
     main.grid(True, which="major", alpha=0.3)
     ribbon.set_yticks(range(len(series)), [label for label, _ in series], fontsize="small")
     ribbon.set_ylim(len(series) - 0.5, -0.5)
     ribbon.set_xlabel("component index (by singular value, descending)")
-    _legend_bands(ribbon, loc="lower right")
     return figure
 
 

@@ -16,6 +16,7 @@ def test_cli_reference_is_current():
 def test_readme_links_resolve():
     readme = (ROOT / "README.md").read_text()
     links = re.findall(r"\]\(((?:docs|examples|benchmarks)/[^)#]+)\)", readme)
+    assert "docs/figures/" in " ".join(links), "the README opens with a figure from the reproduction"
     assert links, "the README links to the docs"
     for link in links:
         assert (ROOT / link).exists(), link
@@ -25,4 +26,4 @@ def test_readme_commands_name_the_test_runner_and_the_main_job():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python3 -m pytest -q" in readme and "python3 -m pytest -q" in ci
-    assert "sdetool analyze builtin:spiked" in readme
+    assert "python3 -m pip install torch==2.13.0 -e . && sdetool reproduce --out results" in readme

@@ -23,10 +23,15 @@ def test_math_modules_import_no_io_ui_or_framework(module):
     assert not loaded & set(FORBIDDEN), f"{module} pulls in {sorted(loaded & set(FORBIDDEN))}"
 
 
-@pytest.mark.parametrize("command", ["analyze", "extract", "finetune", "models"])
+@pytest.mark.parametrize("command", ["analyze", "extract", "finetune", "compare", "plot", "reproduce", "models"])
 def test_cli_help_imports_no_numerics(command):
     loaded = _loaded_after(f"from sdetool.cli import app; from typer.testing import CliRunner; CliRunner().invoke(app, ['{command}', '--help'])")
     assert not loaded & {"numpy", "scipy", "h5py", "torch", "pandas", "matplotlib", "transformers"}
+
+
+def test_results_modules_import_matplotlib_and_torch_lazily():
+    loaded = _loaded_after("import sdetool.plots, sdetool.figures, sdetool.compare, sdetool.reproduce, sdetool.reproduce_report")
+    assert not loaded & {"matplotlib", "torch", "transformers", "h5py"}
 
 
 def test_model_modules_import_torch_and_transformers_lazily():
