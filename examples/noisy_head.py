@@ -21,13 +21,11 @@ import json
 import os
 import sys
 
-import numpy as np
-
-from sdetool import store
 from sdetool.data.items import builtin_data
 from sdetool.extract import ExtractOptions, extract
 from sdetool.finetune import FinetuneOptions, finetune
 from sdetool.report import seed_summary, seed_table
+from sdetool.reproduce import noisy_store
 
 METRICS = (("image->text R@1", ("recall", "image_to_text_R@1")),
            ("image->text R@5", ("recall", "image_to_text_R@5")),
@@ -38,28 +36,14 @@ METRICS = (("image->text R@1", ("recall", "image_to_text_R@1")),
            ("image effective rank", ("bands", "image", "effective_rank")))
 
 
-def noisy_store(out: str, noise_share: float, seed: int = 1234) -> str:
+def noisy_embeddings(out: str, noise_share: float, seed: int = 1234) -> str:
     """The built-in pairs' embeddings with Gaussian noise carrying ``noise_share`` of the image energy."""
     clean = os.path.join(out, "clean.h5")
     if not os.path.exists(clean):
         extract("builtin:lit-fmnist", builtin_data("fashion-mnist"), clean, ExtractOptions())
     path = os.path.join(out, f"noisy-{noise_share:g}.h5")
-    if os.path.exists(path):
-        return path
-    matrices = store.open_matrices(clean)
-    arrays = {}
-    for key in ("image", "text"):
-        with matrices[key].reader() as read:
-            arrays[key] = read(0, matrices[key].shape[0]).astype(np.float64)
-    image = arrays["image"]
-    centred_energy = float(((image - image.mean(axis=0)) ** 2).sum())
-    # noise energy / (signal + noise energy) = noise_share, noise spread evenly over all entries
-    sigma = np.sqrt(noise_share / (1 - noise_share) * centred_energy / image.size)
-    noisy = image + np.random.default_rng(seed).normal(0.0, sigma, image.shape)
-    ids = store.read_ids(clean, "image")
-    store.write_set(path, "image", noisy.astype(np.float32), ids=ids, attrs={"modality": "image", "noise_sigma": sigma},
-                    mode="w")
-    store.write_set(path, "text", arrays["text"].astype(np.float32), ids=ids, attrs={"modality": "text"})
+    if not os.path.exists(path):
+        noisy_store(clean, path, noise_share, seed)
     return path
 
 
@@ -71,7 +55,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    path = noisy_store(args.out, args.noise_share)
+    path = noisy_embeddings(args.out, args.noise_share)
     runs: dict[str, list[dict]] = {}
     for loss in ("sde", "infonce"):
         for seed in args.seeds:
