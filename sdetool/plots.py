@@ -90,6 +90,8 @@ def spectrum_figure(series: list[tuple[str, dict]], *, loglog: bool = False, tit
             main.axhline(threshold, color=colour, ls=":", lw=1.2, label=f"strong threshold {threshold:.4g}")
         for band, first, length in band_runs(document["components"]["band"]):
             ribbon.broken_barh([(first - 0.5, length)], (position - 0.4, 0.8), facecolors=BAND_COLOURS[band])
+            if len(series) == 1:  # one spectrum: its bands shaded behind it too
+                main.axvspan(first - 0.5, first - 0.5 + length, color=BAND_COLOURS[band], alpha=0.12, lw=0)
         _mp_panel(density, values, document, colour, label)
     main.set_yscale("log")
     if loglog:
@@ -99,7 +101,7 @@ def spectrum_figure(series: list[tuple[str, dict]], *, loglog: bool = False, tit
     from matplotlib.patches import Patch
 
     handles, labels = main.get_legend_handles_labels()
-    handles += [Patch(facecolor=BAND_COLOURS[band], label=f"{band} band (ribbon)") for band in BANDS]
+    handles += [Patch(facecolor=BAND_COLOURS[band], label=f"{band} band") for band in BANDS]
     main.legend(handles=handles, fontsize="small", loc="upper right", ncol=2 if len(series) > 2 else 1)
     main.tick_params(labelbottom=False)
     main.grid(True, which="major", alpha=0.3)
