@@ -45,13 +45,6 @@ def band_runs(bands: list[str]) -> list[tuple[str, int, int]]:
     return runs
 
 
-def _legend_bands(axes, loc: str = "upper right") -> None:
-    from matplotlib.patches import Patch
-
-    handles = [Patch(facecolor=BAND_COLOURS[band], label=band) for band in BANDS]
-    axes.legend(handles=handles, loc=loc, fontsize="small", title="band", title_fontsize="small")
-
-
 # --- spectrum ------------------------------------------------------------------------------------
 
 
