@@ -77,6 +77,8 @@ def resolve(document, path: str):
     node = document
     index = 0
     while index < len(parts):
+        if node is None:  # a null section (no strong subspace, no evaluation): its values are null too
+            return None
         if isinstance(node, dict):
             for end in range(len(parts), index, -1):
                 candidate = ".".join(parts[index:end])

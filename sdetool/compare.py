@@ -196,7 +196,7 @@ def match_sets(before: State, after: State, keys: list[str] | None = None) -> tu
         return tuple((key, key, key) for key in common), notes
     if len(before.sets) == 1 and len(after.sets) == 1:
         first, second = next(iter(before.sets)), next(iter(after.sets))
-        return ((f"{first}->{second}", first, second),), ()
+        return ((f"{first}:{second}", first, second),), ()  # no ">" or "=": --fail-if paths can name it
     raise BadInputError(f"{before.source} and {after.source} share no embedding set ({', '.join(before.sets)} against "
                         f"{', '.join(after.sets)}); choose them with --key")
 

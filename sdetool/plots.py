@@ -291,4 +291,7 @@ def save_figure(figure, path: str, dpi: int = 150) -> None:
     with atomic_path(path) as temporary:
         # no creation dates: the same results give the same file
         metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(kind)
-        figure.savefig(temporary, format=kind, dpi=dpi, metadata=metadata)
+        from matplotlib import rc_context
+
+        with rc_context({"svg.hashsalt": "sdetool"}):  # SVG element ids are random otherwise
+            figure.savefig(temporary, format=kind, dpi=dpi, metadata=metadata)

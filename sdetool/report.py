@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 
 from rich.console import Console
@@ -289,7 +290,7 @@ def subspace_line(entry: dict) -> str | None:
         return None
     angles = strong["principal_angles_deg"]
     return (f"strong subspaces ({strong['k_before']} -> {strong['k_after']} dims): principal angles "
-            f"{angles[0]:.1f} to {angles[-1]:.1f} deg (median {float(sorted(angles)[len(angles) // 2]):.1f}), "
+            f"{angles[0]:.1f} to {angles[-1]:.1f} deg (median {statistics.median(angles):.1f}), "
             f"overlap {strong['overlap']:.3f}")
 
 
