@@ -190,11 +190,15 @@ class Pipeline:
     def extract(self, name: str, model: str) -> None:
         from sdetool.extract import ExtractOptions, extract
 
+        store = self.path("embeddings", f"{name}.h5")
+
         def work():
             source = held_out_source()
-            extract(model, source, self.path("embeddings", f"{name}.h5"),
-                    ExtractOptions(device=self.options.device, overwrite=True), progress=self.reporter.progress("items"))
             self.notes.extend(source.notes)
+            if self.options.resume and os.path.isfile(store):
+                return  # extract renames a store into place only once it is complete
+            extract(model, source, store, ExtractOptions(device=self.options.device),
+                    progress=self.reporter.progress("items"))
 
         self.timed(f"extract {name}", f"extract {model} -> embeddings/{name}.h5", work)
 

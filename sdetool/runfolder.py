@@ -28,7 +28,10 @@ METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 SCHEMA = "sdetool.finetune/1"
 # Options a resume may change (after a NaN, say); config.json records each change and its step.
-RESUME_MAY_CHANGE = ("learning_rate",)
+# What a resume may change: the learning rate, and where the cached pairs are (a store moved with its
+# run folder: its path and the description naming it); the pairs themselves are pinned by
+# data_fingerprint, which must not change.
+RESUME_MAY_CHANGE = ("learning_rate", "embeddings", "data")
 
 
 def write_atomic(path: str, write) -> None:

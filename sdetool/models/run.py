@@ -49,12 +49,19 @@ def load_run_encoder(spec: str, folder: str):
     encoder = load_model(base)
     weights = os.path.join(folder, "model.safetensors")
     modules, logit_scale = encoder_modules(encoder)
-    unused = copy_state(modules, logit_scale, load_file(weights))
+    tensors = load_file(weights)
+    if "logit_scale" not in tensors:
+        raise UnknownModelError(f"--model {spec}: {weights} does not fit {base} (it has no logit_scale tensor; "
+                                f"sdetool finetune always saves one)")
+    unused = copy_state(modules, logit_scale, tensors)
     if unused:
         raise UnknownModelError(f"--model {spec}: {weights} does not fit {base} ({len(unused)} tensors match no "
                                 f"parameter, e.g. {unused[0]})")
     encoder.spec = spec
-    encoder.provenance.update({"base_model": base, "finetune_run": os.path.abspath(folder),
-                               "finetune_weights": file_fingerprint(weights), "finetune_loss": training.get("loss"),
+    fingerprint = file_fingerprint(weights)
+    # the revision names the weights, so a store extracted before the run was retrained is not "complete"
+    encoder.provenance.update({"revision": f"{encoder.provenance.get('revision') or base}+{fingerprint}",
+                               "base_model": base, "finetune_run": os.path.abspath(folder),
+                               "finetune_weights": fingerprint, "finetune_loss": training.get("loss"),
                                "finetune_steps": training.get("steps"), "finetune_seed": training.get("seed")})
     return encoder
