@@ -18,13 +18,11 @@ import os
 import numpy as np
 import pytest
 import scipy.linalg
-import torch
 from numpy.testing import assert_allclose
 from rich.console import Console
-from typer.testing import CliRunner
 
 from sdetool import __version__, checks, metrics, report, store
-from sdetool.cli import app, main
+from sdetool.cli import main
 from sdetool.compare import (
     SCHEMA,
     SET_METRICS,
@@ -40,41 +38,14 @@ from sdetool.compare import (
     strong_subspace,
 )
 from sdetool.errors import BadInputError
+from cli_helpers import assert_error as _assert_error, assert_ok as _assert_ok, invoke as _invoke
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BANDS = ("strong", "weak", "noise")
 N_ROWS, DIM = 2000, 64
 ROTATION_DEG = 30.0
 RECALL_ORDER = [f"{direction}_R@{k}" for direction in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _assert_ok(result):
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
-
-
-def _assert_error(result, code: int, *fragments: str) -> str:
-    """Exit ``code``, no traceback, one non-blank stderr line starting 'sdetool: error:' holding the fragments."""
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("sdetool: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def _load(path) -> dict:

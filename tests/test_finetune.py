@@ -25,50 +25,21 @@ import pytest
 import torch
 from extract_fixtures import build_tiny_clip, image_folder
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from sdetool import __version__, store
 from sdetool.analysis import analyze
-from sdetool.cli import app
 from sdetool.errors import TrainingInterrupted
 from sdetool.finetune import FinetuneOptions, Progress, finetune
 from sdetool.finetune_data import held_out_mask
 from sdetool.runfolder import SCHEMA, load_tensors, read_metadata
+from cli_helpers import assert_error as _assert_error, assert_ok as _assert_ok, invoke as _invoke
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_PAIRS, DIM, N_TEXTS = 400, 32, 40
 LOSS_TERMS = ("infonce", "hellinger2", "subspace", "snr", "loss")
 RECALLS = {f"{a}_to_{b}_R@{k}" for a, b in (("image", "text"), ("text", "image")) for k in (1, 5, 10)}
 BANDS = ("strong", "weak", "noise")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the machine is shared, and runs compared for equality must use the same count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _invoke(args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _assert_ok(result):
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
-
-
-def _assert_error(result, code: int, *fragments: str) -> str:
-    """Exit ``code``, no traceback, exactly one non-blank line on stderr naming the problem; returns it."""
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("sdetool: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def _records(folder) -> list[dict]:

@@ -17,48 +17,20 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-import torch
 from numpy.testing import assert_allclose
 from matplotlib.colors import to_rgba
 from PIL import Image
-from typer.testing import CliRunner
 
 from sdetool import plots, rmt, store
-from sdetool.cli import app, main
+from sdetool.cli import main
 from sdetool.errors import BadInputError
 from sdetool.figures import PlotOptions, analysis_series, band_states, plot, training_runs
+from cli_helpers import assert_error as _assert_error, assert_ok as _assert_ok, invoke as _invoke
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BANDS = ("strong", "weak", "noise")
 N_ROWS, DIM = 1000, 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _assert_ok(result):
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
-
-
-def _assert_error(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("sdetool: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def _axes(figure, label):

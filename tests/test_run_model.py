@@ -21,43 +21,15 @@ import pytest
 import torch
 from extract_fixtures import image_folder
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from sdetool import store
-from sdetool.cli import app
 from sdetool.finetune_targets import copy_state, encoder_modules
 from sdetool.models import DEFAULT_MODEL, ModelSpec, load_model, parse_spec
+from cli_helpers import assert_error as _assert_error, assert_ok as _assert_ok, invoke as _invoke
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_IMAGES = 12
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _invoke(args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _assert_ok(result):
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
-
-
-def _assert_error(result, code: int, *fragments: str) -> str:
-    """Exit ``code``, no traceback, exactly one non-blank line on stderr naming the problem; returns it."""
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("sdetool: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def _sha256(path) -> str:
