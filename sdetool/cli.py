@@ -31,14 +31,14 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_TRAINING_FAILED = 4  # a NaN loss: the inputs were fine, the optimisation was not
 
 
-def _stderr() -> Console:
+def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
 def _print_error(message: str, kind: str = "error") -> None:
     if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike: rank 0 speaks
         return
-    _stderr().print(f"[bold red]sdetool: {kind}:[/] {escape(message)}", soft_wrap=True)
+    stderr_console().print(f"[bold red]sdetool: {kind}:[/] {escape(message)}", soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -224,7 +224,7 @@ def analyze(
         device=device,
     )
     world = current_world()
-    console_err = _stderr()
+    console_err = stderr_console()
     # A bar only on a terminal: in logs it would only leave blank lines behind.
     progress = RichProgress(console_err) if not quiet and world.is_main and console_err.is_terminal else None
     result = run_analysis(inputs, key, options, progress=progress)
@@ -241,88 +241,6 @@ def analyze(
     report.render_checks(outcomes, console_err)
     if any(outcome.failed for outcome in outcomes):
         raise typer.Exit(EXIT_CHECK_FAILED)
-
-
-@app.command()
-@handles_errors
-def compare(
-    inputs: List[str] = typer.Argument(
-        ..., metavar="BEFORE [AFTER]", show_default=False,
-        help="Two of: analysis reports (analyze --json), stores or other analyze inputs (analyzed here), fine-tuning "
-        "runs (folder or eval.json: their state after training). One fine-tuning run alone: its before against its after.",
-    ),
-    key: Optional[List[str]] = typer.Option(None, "--key", "-k", help="Embedding set to compare (repeatable; default: every set on both sides)."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the comparison as JSON here ('-' for stdout).", metavar="PATH"),
-    fail_if: Optional[List[str]] = typer.Option(
-        None, "--fail-if", help="Exit 1 when this holds, e.g. 'bands.noise.energy_share.delta > 0' (repeatable).", metavar="EXPR"
-    ),
-    center: bool = typer.Option(True, "--center/--no-center", help="Inputs analyzed here: subtract the column mean first."),
-    noise_estimator: NoiseEstimator = typer.Option(NoiseEstimator.median, "--noise-estimator", help="Inputs analyzed here: the noise level estimator (as in analyze)."),
-    strong_rule: StrongRule = typer.Option(StrongRule.iqr, "--strong-rule", help="Inputs analyzed here: the strong threshold rule (as in analyze)."),
-    sample: Optional[int] = typer.Option(None, "--sample", help="Inputs analyzed here: a seeded random subset of N rows.", metavar="N", min=2),
-    seed: int = typer.Option(0, "--seed", help="Seed of --sample."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables (errors and failed checks still print)."),
-) -> None:
-    """Before/after: band counts and energy shares with their change, metrics, accuracy, strong-subspace angles."""
-    from sdetool import checks, report
-    from sdetool.analysis import AnalysisOptions
-    from sdetool.compare import compare as run_compare, compare_paths
-
-    parsed_checks = [checks.parse_check(text) for text in fail_if or []]
-    checks.check_paths(parsed_checks, compare_paths())
-    report.check_output_path(json_path, "--json")
-    options = AnalysisOptions(center=center, noise_estimator=noise_estimator.value, strong_rule=strong_rule.value,
-                              sample=sample, seed=seed)
-    console_err = _stderr()
-    progress = RichProgress(console_err) if not quiet and console_err.is_terminal else None
-    document = run_compare(inputs, key, options, progress).to_dict()
-    outcomes = checks.evaluate(parsed_checks, document)
-    if json_path:
-        report.write_json(document, json_path)
-    if not quiet:
-        report.render_compare(document, console_err if json_path == "-" else Console())
-    report.render_checks(outcomes, console_err)
-    if any(outcome.failed for outcome in outcomes):
-        raise typer.Exit(EXIT_CHECK_FAILED)
-
-
-class PlotKind(str, Enum):
-    spectrum = "spectrum"
-    energy = "energy"
-    bands = "bands"
-    training = "training"
-
-
-@app.command()
-@handles_errors
-def plot(
-    kind: PlotKind = typer.Argument(..., help="spectrum: singular values, edge, threshold, bands, MP density; energy: "
-                                    "cumulative energy; bands: stacked energy shares (before/after); training: loss and "
-                                    "batch band shares over steps.", show_default=False),
-    inputs: List[str] = typer.Argument(
-        ..., metavar="INPUT...", show_default=False,
-        help="Analysis reports, stores (analyzed here), fine-tuning runs (folder, eval.json; training: metrics.jsonl) "
-        "or, for bands, comparisons (compare --json). Overlaid in order.",
-    ),
-    out: str = typer.Option(..., "--out", "-o", help="The figure to write: .png, .svg or .pdf.", metavar="PATH"),
-    key: Optional[List[str]] = typer.Option(None, "--key", "-k", help="Embedding set to draw (repeatable; default: every set)."),
-    label: Optional[List[str]] = typer.Option(None, "--label", help="Series labels in order (repeatable; default: from the file names)."),
-    title: Optional[str] = typer.Option(None, "--title", help="Figure title (default: what the figure shows)."),
-    loglog: bool = typer.Option(False, "--loglog", help="spectrum: logarithmic index axis too."),
-    dpi: int = typer.Option(150, "--dpi", help="Resolution of PNG output.", min=20, max=1200),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no confirmation line."),
-) -> None:
-    """Draw a figure from results: spectrum, energy, bands (the energy-redistribution figure) or training."""
-    from sdetool.analysis import AnalysisOptions
-    from sdetool.figures import PlotOptions, plot as run_plot
-
-    console_err = _stderr()
-    progress = RichProgress(console_err) if not quiet and console_err.is_terminal else None
-    options = PlotOptions(keys=tuple(key or ()), labels=tuple(label or ()), loglog=loglog, title=title,
-                          analysis=AnalysisOptions(), dpi=dpi)
-    result = run_plot(kind.value, inputs, out, options, progress)
-    if not quiet:
-        console_err.print(f"wrote {escape(result['out'])} ({kind.value}: {escape(', '.join(result['series']))})")
 
 
 class Precision(str, Enum):
@@ -383,7 +301,7 @@ def extract(
     options.validate()
     source = open_source(images=images, texts=texts, manifest_path=manifest, data=data, columns=(id_col, image_col, text_col))
     world = current_world()
-    console_err = _stderr()
+    console_err = stderr_console()
     progress = RichProgress(console_err, unit="items") if not quiet and world.is_main and console_err.is_terminal else None
     try:
         result = run_extract(model, source, out, options, progress=progress)
@@ -524,7 +442,7 @@ def finetune(
     elif images or manifest or data:
         fail("--target head trains on cached pairs (--embeddings); --images, --manifest and --data are for --target model")
     world = current_world()
-    console_err = _stderr()
+    console_err = stderr_console()
     progress = RichProgress(console_err, unit="steps") if not quiet and world.is_main and console_err.is_terminal else None
     result = run_finetune(out, options, model=model, source=source, embeddings=embeddings, progress=progress)
     if not world.is_main:
@@ -533,51 +451,6 @@ def finetune(
         report.write_json(result.to_dict(), json_path)
     if not quiet:
         report.render_finetune(result.to_dict(), console_err if json_path == "-" else Console())
-
-
-class StageReporter:
-    """The reproduction's stages as lines on stderr, and a progress bar per long step on a terminal."""
-
-    def __init__(self, console: Console, quiet: bool) -> None:
-        self._console, self._quiet = console, quiet
-
-    def stage(self, number: int, total: int, text: str) -> None:
-        if not self._quiet:
-            self._console.print(f"[bold][{number}/{total}][/] {escape(text)}")
-
-    def progress(self, unit: str):
-        return RichProgress(self._console, unit=unit) if not self._quiet and self._console.is_terminal else None
-
-
-@app.command()
-@handles_errors
-def reproduce(
-    out: str = typer.Option(..., "--out", "-o", help="The results folder (README.md, figures, stores, runs, reports).", metavar="FOLDER"),
-    quick: bool = typer.Option(False, "--quick", help="A first look: fewer steps (100 model, 200 head; under 3 minutes on 2 cores)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Steps of the built-in model's runs (default 500; --quick 100).", min=1),
-    head_steps: Optional[int] = typer.Option(None, "--head-steps", help="Steps of the heads' runs on noisy embeddings (default 500; --quick 200).", min=1),
-    seed: int = typer.Option(0, "--seed", help="Seed of every fine-tuning run."),
-    noise_share: float = typer.Option(0.5, "--noise-share", help="Share of the image energy the added noise carries in "
-                                      "the second experiment (0: leave it out).", min=0.0, max=0.95),
-    device: str = typer.Option("auto", "--device", help="auto (a GPU when present), cpu, cuda or cuda:N."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a reproduction in --out (finished steps are kept)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a reproduction in --out."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON here ('-' for stdout).", metavar="PATH"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No stage lines or progress bars."),
-) -> None:
-    """The SDE experiment end to end, offline: extract, analyze, fine-tune (SDE and InfoNCE), compare, plot, README."""
-    from sdetool import report
-    from sdetool.reproduce import ReproduceOptions, reproduce as run_reproduce
-
-    report.check_output_path(json_path, "--json")
-    options = ReproduceOptions(quick=quick, steps=steps, head_steps=head_steps, seed=seed, noise_share=noise_share,
-                               device=device, resume=resume, overwrite=overwrite)
-    console_err = _stderr()
-    result = run_reproduce(out, options, StageReporter(console_err, quiet)).to_dict()
-    if json_path:
-        report.write_json(result, json_path)
-    if not quiet:
-        console_err.print(f"wrote {escape(os.path.join(out, 'README.md'))} in {result['total_seconds'] / 60:.1f} min")
 
 
 @app.command()
@@ -617,6 +490,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(getattr(error, "exit_code", EXIT_BAD_INPUT))
     sys.exit(code if isinstance(code, int) else 0)
 
+
+from sdetool import cli_results  # noqa: E402  (its import registers compare, plot and reproduce on app)
+
+COMMAND_MODULES = (cli_results,)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -32,6 +32,8 @@ SCHEMA = "sdetool.compare/1"
 SET_METRICS = ("effective_rank", "stable_rank", "participation_ratio", "power_law_alpha", "mean_cosine")
 CROSS_METRICS = ("hellinger", "subspace_overlap", "modality_gap")
 RUN_STAGES = ("before", "after")
+# analysis options that change where the band boundaries fall or what a share measures
+PARTITION_OPTIONS = ("center", "l2", "noise_estimator", "edge_level", "strong_rule", "iqr_k", "energy")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class SetState:
     metrics: dict  # name -> float | None
     dim: int | None = None
     strong_basis: np.ndarray | None = None  # (d, k_strong), orthonormal
+    partition: dict | None = None  # the analysis options that shape the bands (PARTITION_OPTIONS), when known
 
 
 @dataclass(frozen=True)
@@ -63,24 +66,54 @@ def _number(value):
 
 
 def change(before, after) -> dict:
-    """``{"before", "after", "delta"}``; the delta is null when either side is."""
+    """``{"before", "after", "delta"}``; the delta is null when either side is. Integers stay integers."""
+    integers = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (before, after))
     before, after = _number(before), _number(after)
     delta = None if before is None or after is None else after - before
+    if integers:
+        return {"before": int(before), "after": int(after), "delta": int(delta)}
     return {"before": before, "after": after, "delta": delta}
 
 
 # --- states from documents and analyses ------------------------------------------------------------
 
 
+def _require(entry, path: tuple, source: str):
+    node = entry
+    for name in path:
+        if not isinstance(node, dict) or name not in node:
+            raise BadInputError(f"{source}: not a complete analysis report (no {'.'.join(path)}); write it again with "
+                                f"sdetool analyze --json")
+        node = node[name]
+    return node
+
+
+def analysis_sets(document: dict, source: str, fields: tuple = (("bands",),)) -> dict:
+    """``{key: set object}`` of an ``sdetool.analysis/1`` document, each checked to hold ``fields`` (paths)."""
+    entries = document.get("sets") if "sets" in document else {document.get("key") or "embeddings": document}
+    if not isinstance(entries, dict) or not entries:
+        raise BadInputError(f"{source}: an analysis report without embedding sets")
+    for entry in entries.values():
+        for path in fields:
+            _require(entry, path, source)
+        for band in BANDS if ("bands",) in fields else ():
+            _require(entry, ("bands", band, "energy_share"), source)
+            _require(entry, ("bands", band, "count"), source)
+    return entries
+
+
 def state_from_analysis(document: dict, label: str, source: str) -> State:
     """A state from an ``sdetool.analysis/1`` document (one set, or ``{"sets", "cross"}``)."""
-    entries = document["sets"] if "sets" in document else {document.get("key") or "embeddings": document}
     sets = {}
-    for key, entry in entries.items():
+    for key, entry in analysis_sets(document, source).items():
         bands = {name: {"count": entry["bands"][name]["count"], "energy_share": entry["bands"][name]["energy_share"]}
                  for name in BANDS}
-        sets[key] = SetState(bands, {name: entry.get("metrics", {}).get(name) for name in SET_METRICS}, entry.get("dim"))
-    cross = {name: {metric: pair.get(metric) for metric in CROSS_METRICS} for name, pair in document.get("cross", {}).items()}
+        metrics_found = entry.get("metrics") or {}
+        options = entry.get("options") or {}
+        sets[key] = SetState(bands, {name: metrics_found.get(name) for name in SET_METRICS}, entry.get("dim"),
+                             partition={name: options[name] for name in PARTITION_OPTIONS if name in options} or None)
+    cross = {name: {metric: pair.get(metric) for metric in CROSS_METRICS}
+             for name, pair in (document.get("cross") or {}).items()}
     return State(label, source, sets, cross)
 
 
@@ -107,6 +140,7 @@ def state_from_evaluation(stage: dict, label: str, source: str) -> State:
 
 
 def evaluation_summary(stage: dict) -> dict:
+    """The accuracy and recalls of one stage of a run's ``eval.json`` (what ``compare`` reports of a run)."""
     result = {"recall": dict(stage.get("recall", {}))}
     if "zero_shot_accuracy" in stage:
         result["zero_shot_accuracy"] = stage["zero_shot_accuracy"]
@@ -125,16 +159,15 @@ class Comparison:
     pairs: tuple  # ((name, before key, after key), ...)
     notes: tuple = ()
 
-    def _set(self, name: str, before_key: str, after_key: str) -> dict:
+    def _set(self, before_key: str, after_key: str) -> dict:
         first, second = self.before.sets[before_key], self.after.sets[after_key]
         bands = {band: {quantity: change(first.bands[band][quantity], second.bands[band][quantity])
                         for quantity in ("count", "energy_share")} for band in BANDS}
-        names = [m for m in SET_METRICS if first.metrics.get(m) is not None or second.metrics.get(m) is not None]
         return {
             "before_key": before_key,
             "after_key": after_key,
             "bands": bands,
-            "metrics": {m: change(first.metrics.get(m), second.metrics.get(m)) for m in names},
+            "metrics": {m: change(first.metrics.get(m), second.metrics.get(m)) for m in SET_METRICS},
             "strong_subspace": strong_subspace(first, second),
         }
 
@@ -156,7 +189,7 @@ class Comparison:
             "schema": SCHEMA,
             "before": {"label": self.before.label, "source": self.before.source},
             "after": {"label": self.after.label, "source": self.after.source},
-            "sets": {name: self._set(name, a, b) for name, a, b in self.pairs},
+            "sets": {name: self._set(a, b) for name, a, b in self.pairs},
             "cross": cross,
             "evaluation": evaluation,
             "notes": list(self.notes),
@@ -212,6 +245,11 @@ def compare_states(before: State, after: State, keys: list[str] | None = None) -
                          f"with --export-embeddings, not JSON reports)")
         elif first.dim != second.dim:
             extra.append(f"{name}: no principal angles (dimensions differ: {first.dim} vs {second.dim})")
+        if first.partition and second.partition and first.partition != second.partition:
+            differing = [f"{option} {first.partition.get(option)} vs {second.partition.get(option)}"
+                         for option in PARTITION_OPTIONS if first.partition.get(option) != second.partition.get(option)]
+            extra.append(f"{name}: the two sides were analysed with different options ({', '.join(differing)}): the "
+                         f"bands are not comparable; analyze both alike")
     return Comparison(before, after, pairs, notes + tuple(extra))
 
 
@@ -271,8 +309,8 @@ def open_states(path: str, analyze_options=None, progress=None) -> list[State]:
         if _is_evaluation(document):
             return _run_states(os.path.dirname(path) or ".", document, analyze_options, progress)
         if document.get("schema") == "sdetool.finetune/1" and _is_evaluation(document.get("evaluation") or {}):
-            return _run_states(document.get("out") or os.path.dirname(path) or ".", document["evaluation"],
-                               analyze_options, progress)
+            folder = document.get("out") if os.path.isdir(document.get("out") or "") else os.path.dirname(path) or "."
+            return _run_states(folder, document["evaluation"], analyze_options, progress)
         if str(document.get("schema", "")).startswith("sdetool.analysis/"):
             return [state_from_analysis(document, label, path)]
         raise BadInputError(f"{path}: expected an analysis report (sdetool analyze --json) or a fine-tuning run's "
@@ -287,6 +325,9 @@ def compare(inputs: list[str], keys: list[str] | None = None, analyze_options=No
     """
     if len(inputs) not in (1, 2):
         raise BadInputError(f"compare takes two inputs (before, after) or one fine-tuning run, got {len(inputs)}")
+    if len(inputs) == 1 and not (os.path.isdir(inputs[0]) or inputs[0].lower().endswith(".json")):
+        raise BadInputError(f"{inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
+                            f"two inputs to compare reports or stores")
     states = [open_states(path, analyze_options, progress) for path in inputs]
     if len(inputs) == 1:
         if len(states[0]) != 2:

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from sdetool.compare import read_json
+from sdetool.compare import analysis_sets, read_json
 from sdetool.errors import BadInputError
 from sdetool.spectrum import BANDS
 
@@ -38,8 +38,12 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
+PLOTTED_FIELDS = (("bands",), ("singular_values",), ("noise", "sigma"), ("noise", "edge"), ("strong_rule", "threshold"),
+                  ("components", "band"), ("components", "energy_share"), ("n_effective",), ("dim",))
+
+
 def _set_documents(document: dict, keys: tuple[str, ...], source: str) -> dict:
-    entries = document["sets"] if "sets" in document else {document.get("key") or "embeddings": document}
+    entries = analysis_sets(document, source, PLOTTED_FIELDS)
     missing = [key for key in keys if key not in entries]
     if missing:
         raise BadInputError(f"--key {missing[0]}: {source} has no such set; it has {', '.join(entries)}")
@@ -86,7 +90,8 @@ def analysis_series(paths: list[str], options: PlotOptions, progress=None) -> li
 def band_states(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
     """``(label, {key: {band: share}})`` per state: reports and stores give one, runs and comparisons two.
 
-    Several runs share their "before" state (the same base model and held-out pairs): it is drawn once.
+    Several runs or comparisons usually share their "before" state (the same base model and held-out
+    pairs): a "before" equal to a state already drawn is drawn once.
     """
     from sdetool.compare import open_states
 
@@ -94,14 +99,15 @@ def band_states(paths: list[str], options: PlotOptions, progress=None) -> list[t
     for path in paths:
         if path.lower().endswith(".json") and os.path.isfile(path) and \
                 str(read_json(path).get("schema", "")).startswith("sdetool.compare/"):
-            states += _comparison_states(read_json(path))
-            continue
-        opened = open_states(path, options.analysis, progress)
-        for state in opened:
-            shares = {key: {band: value.bands[band]["energy_share"] for band in BANDS} for key, value in state.sets.items()}
-            if len(opened) == 2 and state is opened[0] and any(shares == seen for _, seen in states):
-                continue  # this run's "before" is already drawn
-            states.append((state.label, shares))
+            opened = comparison_states(read_json(path))
+        else:
+            opened = [(state.label, {key: {band: value.bands[band]["energy_share"] for band in BANDS}
+                                     for key, value in state.sets.items()})
+                      for state in open_states(path, options.analysis, progress)]
+        for position, (label, shares) in enumerate(opened):
+            if len(opened) == 2 and position == 0 and any(shares == seen for _, seen in states):
+                continue  # this "before" is already drawn
+            states.append((label, shares))
     return [(label, _chosen(sets, options.keys, label)) for label, sets in states]
 
 
@@ -112,7 +118,8 @@ def _chosen(sets: dict, keys: tuple[str, ...], label: str) -> dict:
     return {key: value for key, value in sets.items() if not keys or key in keys}
 
 
-def _comparison_states(document: dict) -> list[tuple[str, dict]]:
+def comparison_states(document: dict) -> list[tuple[str, dict]]:
+    """The before and after ``(label, {key: {band: share}})`` of an ``sdetool.compare/1`` document."""
     states = []
     for side in ("before", "after"):
         shares = {name: {band: entry["bands"][band]["energy_share"][side] for band in BANDS}
@@ -126,6 +133,8 @@ def training_runs(paths: list[str]) -> list[tuple[str, list[dict]]]:
     runs = []
     for path in paths:
         file = os.path.join(path, "metrics.jsonl") if os.path.isdir(path) else path
+        if not file.endswith(".jsonl"):
+            raise BadInputError(f"{path}: expected a run folder or its metrics.jsonl")
         label = _stem(os.path.dirname(os.path.abspath(file))) if os.path.basename(file) == "metrics.jsonl" else _stem(file)
         try:
             with open(file, encoding="utf-8") as handle:

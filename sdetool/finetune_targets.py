@@ -52,7 +52,10 @@ class Target(ABC):
         return state
 
     def load_state(self, state: dict) -> None:
-        copy_state(self.modules, self.logit_scale, state)
+        unused = copy_state(self.modules, self.logit_scale, state)
+        if unused:  # a checkpoint of another model: resuming would leave these tensors untrained
+            raise BadInputError(f"the checkpoint does not fit this model: {len(unused)} tensors match no parameter "
+                                f"(e.g. {unused[0]}); use --overwrite to start again")
 
     def train(self, mode: bool = True) -> None:
         for module in self.modules.values():

@@ -21,6 +21,7 @@ from sdetool.spectrum import BANDS
 BAND_COLOURS = {"strong": "#0072B2", "weak": "#E69F00", "noise": "#999999"}
 SERIES_COLOURS = ("#000000", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442")
 LINE_STYLES = ("-", "--", ":", "-.")
+SPACING = 1.5  # distance between the bars of bands_figure
 FORMATS = ("png", "svg", "pdf")
 
 
@@ -104,13 +105,27 @@ def spectrum_figure(series: list[tuple[str, dict]], *, loglog: bool = False, tit
     return figure
 
 
-def _mp_panel(axes, values: np.ndarray, document: dict, colour: str, label: str) -> None:
-    """Eigenvalues in noise units (s^2 / (max(n, d) sigma^2)) against the MP density of the reported sigma."""
-    sigma = document["noise"]["sigma"]
+def mp_shape(document: dict) -> tuple[int, float]:
+    """``(p, q)``: the dimensions of the noise matrix whose MP law the analysis used (pure).
+
+    Full rank: ``(min(n, d), max(n, d))``. A rank-deficient matrix had its noise estimated in its
+    ``r``-dimensional column space, so ``p = r``, and ``q`` is read back from the reported MP edge
+    ``sigma (sqrt(q) + sqrt(p))``: the plot draws the law the analysis used, it fits nothing.
+    """
     n, d = int(document["n_effective"]), int(document["dim"])
+    noise = document["noise"]
+    rank = noise.get("numerical_rank") or min(n, d)
+    if rank >= min(n, d) or not noise.get("mp_edge") or not noise.get("sigma"):
+        return min(n, d), float(max(n, d))
+    return rank, float((noise["mp_edge"] / noise["sigma"] - np.sqrt(rank)) ** 2)
+
+
+def _mp_panel(axes, values: np.ndarray, document: dict, colour: str, label: str) -> None:
+    """Eigenvalues in noise units (s^2 / (q sigma^2)) against the MP density of the reported sigma."""
+    sigma = document["noise"]["sigma"]
     if not sigma or sigma <= 0:
         return
-    small, large = min(n, d), max(n, d)
+    small, large = mp_shape(document)
     beta = small / large
     eigenvalues = values[:small] ** 2 / (large * sigma**2)
     lower, upper = rmt.marchenko_pastur_support(beta)
@@ -123,7 +138,7 @@ def _mp_panel(axes, values: np.ndarray, document: dict, colour: str, label: str)
                 label=f"{label}: {eigenvalues.size - inside.size} beyond {right:.2g}")
     grid = np.linspace(max(lower, 1e-9), upper, 400)
     axes.plot(grid, rmt.marchenko_pastur_pdf(grid, beta), color=colour, ls="--", lw=1.0)
-    axes.set_xlabel("eigenvalue s² / (max(n, d) σ²) (noise units)")
+    axes.set_xlabel("eigenvalue s² / (q σ²), q = max(n, d) (noise units)")
     axes.set_ylabel("density")
     axes.set_title("Eigenvalues against the MP density (dashed)", fontsize="medium")
     axes.legend(fontsize="small", loc="upper right")
@@ -197,22 +212,23 @@ def bands_figure(states: list[tuple[str, dict]], *, title: str | None = None):
         One axes per set key, labelled with the key; bar heights are the shares in percent.
     """
     keys = list(dict.fromkeys(key for _, sets in states for key in sets))
-    figure = _figure(max(4.0, 1.6 + 1.35 * len(states)) * len(keys) + 0.8, 4.8)
+    figure = _figure(max(4.0, 1.6 + 1.6 * len(states)) * len(keys) + 0.8, 4.8)
     width = 0.55
     for column, key in enumerate(keys):
         axes = figure.add_subplot(1, len(keys), column + 1, label=f"bands:{key}")
         labels = []
         for position, (label, sets) in enumerate((label, sets) for label, sets in states if key in sets):
+            x = SPACING * position  # room beside each bar for the labels of thin segments
             shares = [float(sets[key][band] or 0.0) for band in BANDS]
             bottom = 0.0
             for band, share in zip(BANDS, shares):
-                axes.bar(position, 100.0 * share, width, bottom=bottom, color=BAND_COLOURS[band], edgecolor="white",
+                axes.bar(x, 100.0 * share, width, bottom=bottom, color=BAND_COLOURS[band], edgecolor="white",
                          label=band if position == 0 else None)
                 bottom += 100.0 * share
-            _share_labels(axes, position, width, shares)
+            _share_labels(axes, x, width, shares)
             labels.append(label)
-        axes.set_xticks(range(len(labels)), labels)
-        axes.set_xlim(-0.6, len(labels) - 0.4 + 0.6)
+        axes.set_xticks([SPACING * i for i in range(len(labels))], labels)
+        axes.set_xlim(-0.6, SPACING * (len(labels) - 1) + 1.2)
         axes.set_ylim(0, 100)
         axes.set_ylabel("energy share (%)")
         axes.set_title(f"{key}", fontsize="medium")
@@ -248,7 +264,7 @@ def training_figure(runs: list[tuple[str, list[dict]]], *, title: str | None = N
             loss.plot(steps, [record.get("infonce", np.nan) for record in records], color=colour, ls="--", lw=1.0,
                       label=f"{label} InfoNCE term")
     loss.set_xlabel("step")
-    loss.set_ylabel("loss (nats)")
+    loss.set_ylabel("loss (InfoNCE in nats, plus spectral terms)")
     loss.set_title("Training loss", fontsize="medium")
     loss.legend(fontsize="small")
     loss.grid(True, alpha=0.3)

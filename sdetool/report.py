@@ -272,7 +272,7 @@ def compare_band_rows(entry: dict) -> list[tuple[str, ...]]:
 def compare_metric_rows(entry: dict) -> list[tuple[str, str, str, str]]:
     """``(metric, before, after, change)`` rows of one compared set's spectral metrics (pure)."""
     return [(metric.replace("_", " "), _fmt(v["before"]), _fmt(v["after"]), _signed(v["delta"]))
-            for metric, v in entry["metrics"].items()]
+            for metric, v in entry["metrics"].items() if v["before"] is not None or v["after"] is not None]
 
 
 def compare_evaluation_rows(document: dict) -> list[tuple[str, str, str, str]]:

@@ -71,6 +71,9 @@ class ReproduceOptions:
             raise BadInputError(f"--noise-share must be in [0, 1), got {self.noise_share}")
         if self.resume and self.overwrite:
             raise BadInputError("--resume and --overwrite: choose one")
+        from sdetool.extract import resolve_torch_device
+
+        resolve_torch_device(self.device)  # an unusable --device is refused before anything is deleted
 
 
 class Reporter:
@@ -85,26 +88,42 @@ class Reporter:
 # --- the folder ----------------------------------------------------------------------------------
 
 
+MARKER = ".sdetool-reproduce"  # written first: only a folder holding it may be resumed or overwritten
+OURS = set(LAYOUT) | set(FIGURES) | {"README.md", "summary.json", MARKER}
+
+
 def prepare_folder(out: str, options: ReproduceOptions) -> None:
-    """Create ``out``; refuse one holding other files, or a finished reproduction without --resume/--overwrite."""
+    """Create ``out`` (or take up a reproduction in it); refuse anything else before touching a file.
+
+    A folder may be continued (``resume``) or replaced (``overwrite``) only when it holds the marker
+    file this function writes, and nothing sdetool did not write there; ``overwrite`` deletes only
+    the names of :data:`OURS`.
+    """
     if os.path.exists(out) and not os.path.isdir(out):
         raise BadInputError(f"--out {out}: is a file, expected a folder")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise BadInputError(f"--out {out}: folder {parent} does not exist")
     entries = set(os.listdir(out)) if os.path.isdir(out) else set()
-    ours = set(LAYOUT) | set(FIGURES) | {"README.md", "summary.json"}
-    foreign = sorted(entries - ours)
+    if entries and MARKER not in entries:
+        raise BadInputError(f"--out {out}: is not empty and holds no reproduction ({sorted(entries)[0]}...); choose an "
+                            f"empty or new folder")
+    foreign = sorted(entries - OURS)
     if foreign:
         raise BadInputError(f"--out {out}: holds files sdetool reproduce did not write ({', '.join(foreign[:3])}); "
-                            f"choose an empty or new folder")
+                            f"move them away first")
     if entries and not (options.resume or options.overwrite):
         raise BadInputError(f"--out {out}: holds a reproduction already; --resume continues it, --overwrite "
                             f"starts again")
     if options.overwrite:
-        for name in entries:
+        for name in sorted(entries - {MARKER}):
             path = os.path.join(out, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+    os.makedirs(out, exist_ok=True)
+    if MARKER not in entries:
+        from sdetool.report import write_json
+
+        write_json({"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, os.path.join(out, MARKER))
     for name in LAYOUT:
         os.makedirs(os.path.join(out, name), exist_ok=True)
 
@@ -174,7 +193,7 @@ class Pipeline:
         self.evaluations: dict[str, dict] = {}  # run -> eval.json
         self.comparisons: dict[str, dict] = {}
         self._step = 0
-        self.total = 12 + (5 if options.noise_share > 0 else 0)
+        self.total = 12 + (8 if options.noise_share > 0 else 0)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
@@ -195,9 +214,10 @@ class Pipeline:
         def work():
             source = held_out_source()
             self.notes.extend(source.notes)
-            if self.options.resume and os.path.isfile(store):
+            current = _current(store, model)
+            if self.options.resume and current:
                 return  # extract renames a store into place only once it is complete
-            extract(model, source, store, ExtractOptions(device=self.options.device),
+            extract(model, source, store, ExtractOptions(device=self.options.device, overwrite=current is False),
                     progress=self.reporter.progress("items"))
 
         self.timed(f"extract {name}", f"extract {model} -> embeddings/{name}.h5", work)
@@ -245,6 +265,21 @@ class Pipeline:
                        evaluation=evaluation)
 
 
+def _current(store: str, model: str) -> bool | None:
+    """Whether a finished store holds ``model``'s embeddings: None when there is none, False when a
+    ``run:`` model's weights changed since it was written (the run was trained again)."""
+    if not os.path.isfile(store):
+        return None
+    if not model.startswith("run:"):
+        return True
+    from sdetool import store as stores
+    from sdetool.models.base import file_fingerprint
+
+    weights = os.path.join(model[len("run:"):], "model.safetensors")
+    recorded = stores.open_matrices(store)["image"].attrs.get("finetune_weights")
+    return os.path.isfile(weights) and recorded == file_fingerprint(weights)
+
+
 def _finetune_options(options: ReproduceOptions, loss: str, target: str):
     from sdetool.finetune import FinetuneOptions
 
@@ -275,7 +310,7 @@ def run_model_experiment(pipeline: Pipeline) -> None:
 
 def run_noisy_experiment(pipeline: Pipeline) -> None:
     """Experiment 2: linear heads on the "before" embeddings plus noise, SDE against InfoNCE."""
-    from sdetool.compare import open_states
+    from sdetool.compare import evaluation_summary
 
     store = pipeline.path("embeddings", "noisy.h5")
     share = pipeline.options.noise_share
@@ -288,14 +323,15 @@ def run_noisy_experiment(pipeline: Pipeline) -> None:
     pipeline.timed("noise", f"add noise ({100 * share:g}% of the image energy) -> embeddings/noisy.h5", work)
     for loss in LOSSES:
         pipeline.finetune(f"noisy-{loss}", _finetune_options(pipeline.options, loss, "head"), embeddings=store)
-    states = {}
+    # the heads start as the identity: both runs' "before" embeddings are the same held-out rows
+    pipeline.analyze("noisy-before", pipeline.path("runs", "noisy-sde", "embeddings_before.h5"))
     for loss in LOSSES:
-        before, after = open_states(pipeline.path("runs", f"noisy-{loss}"))
-        states[loss] = (before, after)
-    label = {"sde": "SDE head", "infonce": "InfoNCE head"}
-    before = replace(states["sde"][0], label="noisy before")
-    pipeline.compare("noisy-sde", before, replace(states["sde"][1], label=label["sde"]))
-    pipeline.compare("noisy-infonce", before, replace(states["infonce"][1], label=label["infonce"]))
+        pipeline.analyze(f"noisy-{loss}", pipeline.path("runs", f"noisy-{loss}", "embeddings_after.h5"))
+    evaluations = pipeline.evaluations
+    before = pipeline.state("noisy-before", "noisy before", evaluation_summary(evaluations["noisy-sde"]["before"]))
+    for loss, label in (("sde", "SDE head"), ("infonce", "InfoNCE head")):
+        after = pipeline.state(f"noisy-{loss}", label, evaluation_summary(evaluations[f"noisy-{loss}"]["after"]))
+        pipeline.compare(f"noisy-{loss}", before, after)
 
 
 @dataclass(frozen=True)
@@ -334,11 +370,10 @@ def reproduce(out: str, options: ReproduceOptions = ReproduceOptions(), reporter
     run_model_experiment(pipeline)
     if options.noise_share > 0:
         run_noisy_experiment(pipeline)
+    pipeline.timed("figures", "plot the figures", lambda: reproduce_report.draw_figures(pipeline))
     result = ReproduceResult(out, {**asdict(options), "model_steps": options.model_steps,
-                                   "noisy_steps": options.noisy_steps}, pipeline.seconds, pipeline.comparisons,
+                                   "noisy_steps": options.noisy_steps}, dict(pipeline.seconds), pipeline.comparisons,
                              list(dict.fromkeys(pipeline.notes)))
-    pipeline.timed("figures", "plot the figures and write README.md",
-                   lambda: reproduce_report.write_results(pipeline, result))
-    document = result.to_dict()
-    write_json(document, os.path.join(out, "summary.json"))
-    return ReproduceResult(out, result.options, pipeline.seconds, result.comparisons, result.notes)
+    reproduce_report.write_readme(pipeline, result)
+    write_json(result.to_dict(), os.path.join(out, "summary.json"))
+    return result

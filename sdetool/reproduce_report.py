@@ -21,17 +21,10 @@ def _shares(report) -> dict:
     return {key: {band: entry["bands"][band]["energy_share"] for band in BANDS} for key, entry in document["sets"].items()}
 
 
-def _comparison_states(document: dict, include_before: bool = True) -> list[tuple[str, dict]]:
-    sides = ("before", "after") if include_before else ("after",)
-    return [(document[side]["label"], {key: {band: entry["bands"][band]["energy_share"][side] for band in BANDS}
-                                       for key, entry in document["sets"].items()}) for side in sides]
-
-
 def draw_figures(pipeline) -> None:
     """bands, spectrum, energy, training (experiment 1); noisy_bands, noisy_spectrum (experiment 2)."""
     from sdetool import plots
-    from sdetool.analysis import analyze
-    from sdetool.figures import training_runs
+    from sdetool.figures import comparison_states, training_runs
 
     labels = {"before": "before", "infonce": "InfoNCE", "sde": "SDE"}
     order = ("before", "infonce", "sde")
@@ -45,14 +38,12 @@ def draw_figures(pipeline) -> None:
     save(plots.training_figure([("SDE", runs[0][1]), ("InfoNCE", runs[1][1])]), "training.png")
     if "noisy-sde" not in pipeline.comparisons:
         return
-    noisy = _comparison_states(pipeline.comparisons["noisy-sde"]) + \
-        _comparison_states(pipeline.comparisons["noisy-infonce"], include_before=False)
+    noisy = comparison_states(pipeline.comparisons["noisy-sde"]) + comparison_states(pipeline.comparisons["noisy-infonce"])[1:]
     save(plots.bands_figure([noisy[0], noisy[2], noisy[1]], title="Noisy embeddings, linear heads: energy per band"),
          "noisy_bands.png")
-    stores = [("noisy before", ("noisy-sde", "before")), ("InfoNCE head", ("noisy-infonce", "after")),
-              ("SDE head", ("noisy-sde", "after"))]
-    series = [(label, analyze(pipeline.path("runs", run, f"embeddings_{stage}.h5"), keys=["image"],
-                              local=True).to_dict()) for label, (run, stage) in stores]
+    series = [(label, pipeline.analyses[name].to_dict()["sets"]["image"])
+              for label, name in (("noisy before", "noisy-before"), ("InfoNCE head", "noisy-infonce"),
+                                  ("SDE head", "noisy-sde"))]
     save(plots.spectrum_figure(series, title="Noisy image embeddings (held out): singular spectrum"), "noisy_spectrum.png")
 
 
@@ -95,12 +86,13 @@ def _delta(document: dict, key: str, band: str) -> float:
 def findings(sde: dict, infonce: dict, key: str = "image") -> list[str]:
     """Sentences stating what the numbers show (each computed, none typed by hand)."""
     lines = []
-    before = 100.0 * sde["sets"][key]["bands"]["noise"]["energy_share"]["before"]
-    lines.append(f"Before fine-tuning, the noise band holds {before:.3g}% of the {key} energy.")
     for band in BANDS:
-        a, b = _delta(sde, key, band), _delta(infonce, key, band)
-        lines.append(f"{band.capitalize()} band share of the {key} embeddings: {a:+.3g} points with SDE, "
-                     f"{b:+.3g} with InfoNCE (SDE {'more' if a > b else 'less'} by {abs(a - b):.3g} points).")
+        shares = {name: document["sets"][key]["bands"][band]["energy_share"] for name, document in
+                  (("SDE", sde), ("InfoNCE", infonce))}
+        lines.append(f"{band.capitalize()} band share of the {key} embeddings: {100 * shares['SDE']['before']:.3g}% "
+                     f"before; {100 * shares['SDE']['after']:.3g}% after SDE ({100 * shares['SDE']['delta']:+.3g} points), "
+                     f"{100 * shares['InfoNCE']['after']:.3g}% after InfoNCE ({100 * shares['InfoNCE']['delta']:+.3g} "
+                     f"points).")
     accuracy = (sde.get("evaluation") or {}).get("zero_shot_accuracy")
     if accuracy:
         other = infonce["evaluation"]["zero_shot_accuracy"]
@@ -130,10 +122,11 @@ def readme(pipeline, result) -> str:
     options, seconds = result.options, result.seconds
     sde, infonce = pipeline.comparisons["sde"], pipeline.comparisons["infonce"]
     total = sum(seconds.values())
+    resumed = " (this invocation: `--resume` kept the steps already done)" if options["resume"] else ""
     parts = [
         "# SDE reproduction\n",
         f"Written by `sdetool reproduce` (sdetool {__version__}) on {time.strftime('%Y-%m-%d')}, in "
-        f"{total / 60:.1f} min on {_machine()}. Every number below comes from the files in this folder.\n",
+        f"{total / 60:.1f} min{resumed} on {_machine()}. Every number below comes from the files in this folder.\n",
         _figure("bands.png", "Energy in the strong, weak and noise bands before and after fine-tuning"),
         "## 1. The built-in model, fine-tuned with SDE and with InfoNCE\n",
         f"`builtin:lit-fmnist` (a small CNN image tower and a frozen MiniLM text tower, 256-d), fine-tuned for "
@@ -195,9 +188,8 @@ def _files_section(result) -> list[str]:
     ]
 
 
-def write_results(pipeline, result) -> None:
-    """Draw the figures and write README.md into the results folder."""
+def write_readme(pipeline, result) -> None:
+    """Write README.md into the results folder (after the figures it links)."""
     from sdetool.report import atomic_write_text
 
-    draw_figures(pipeline)
     atomic_write_text(pipeline.path("README.md"), readme(pipeline, result))

@@ -140,8 +140,11 @@ def test_band_deltas_are_exact_differences():
         assert entry["bands"][band]["energy_share"] == {"before": b, "after": a, "delta": a - b}
     for band, b, a in zip(BANDS, (2, 3, 11), (1, 5, 10)):
         assert entry["bands"][band]["count"] == {"before": b, "after": a, "delta": a - b}
-    # only the metrics at least one side has
-    assert entry["metrics"] == {"effective_rank": {"before": 7.5, "after": 9.25, "delta": 1.75}}
+    # every metric is there (a --fail-if path never depends on the inputs); those no side has are null
+    assert list(entry["metrics"]) == list(SET_METRICS)
+    assert entry["metrics"]["effective_rank"] == {"before": 7.5, "after": 9.25, "delta": 1.75}
+    assert all(entry["metrics"][m] == {"before": None, "after": None, "delta": None} for m in SET_METRICS[1:])
+    assert all(isinstance(entry["bands"][band]["count"]["delta"], int) for band in BANDS)
     assert document["cross"] == {} and document["evaluation"] is None
     json.dumps(document, allow_nan=False)  # strict JSON
 
@@ -156,7 +159,8 @@ def test_missing_values_give_null_deltas():
     assert entry["bands"]["strong"]["energy_share"]["delta"] == 0.5 - 0.6
     assert entry["metrics"]["stable_rank"] == {"before": None, "after": 3.0, "delta": None}
     assert entry["metrics"]["mean_cosine"] == {"before": 0.1, "after": None, "delta": None}
-    assert list(entry["metrics"]) == ["stable_rank", "mean_cosine"]  # in SET_METRICS order
+    assert list(entry["metrics"]) == list(SET_METRICS)  # all of them, in SET_METRICS order
+    assert entry["metrics"]["effective_rank"] == {"before": None, "after": None, "delta": None}
     assert [m for m in SET_METRICS if m in entry["metrics"]] == list(entry["metrics"])
 
 
@@ -630,7 +634,7 @@ def test_compare_one_run_without_exported_embeddings(runs, tmp_path):
     assert document["cross"] == {}
     for key, entry in document["sets"].items():
         assert entry["strong_subspace"] is None
-        assert list(entry["metrics"]) == ["effective_rank"]
+        assert [m for m, v in entry["metrics"].items() if v["before"] is not None] == ["effective_rank"]
         for band in BANDS:
             values = entry["bands"][band]["energy_share"]
             assert values["before"] == evaluation["before"]["bands"][key][band]["energy_share"]

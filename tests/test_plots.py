@@ -212,7 +212,7 @@ def test_bands_figure_stacks_the_shares():
     for position, (_, sets) in enumerate(states):
         shares = [sets["image"][band] for band in BANDS]
         column = bars[3 * position: 3 * position + 3]
-        assert_allclose([x for x, _, _ in column], [position] * 3, rtol=0, atol=1e-12)
+        assert_allclose([x for x, _, _ in column], [plots.SPACING * position] * 3, rtol=0, atol=1e-12)
         assert_allclose([height for _, _, height in column], [100 * share for share in shares], rtol=1e-12)
         assert_allclose([bottom for _, bottom, _ in column], [0.0, 100 * shares[0], 100 * (shares[0] + shares[1])],
                         rtol=1e-12)

@@ -26,7 +26,7 @@ import pytest
 
 from sdetool import __version__, store
 from sdetool.errors import BadInputError
-from sdetool.reproduce import FIGURES, LAYOUT, LOSSES, SCHEMA, ReproduceOptions, add_isotropic_noise
+from sdetool.reproduce import FIGURES, LAYOUT, LOSSES, MARKER, SCHEMA, ReproduceOptions, add_isotropic_noise
 
 BANDS = ("strong", "weak", "noise")
 FLAGS = ("--steps", "3", "--head-steps", "5")
@@ -34,7 +34,8 @@ COMPARISONS = ("sde", "infonce", "sde-vs-infonce", "noisy-sde", "noisy-infonce")
 RUNS = ("sde", "infonce", "noisy-sde", "noisy-infonce")
 STEPS = ("extract before", "analyze before", "finetune sde", "finetune infonce", "extract sde", "analyze sde",
          "extract infonce", "analyze infonce", "compare sde", "compare infonce", "compare sde-vs-infonce", "noise",
-         "finetune noisy-sde", "finetune noisy-infonce", "compare noisy-sde", "compare noisy-infonce", "figures")
+         "finetune noisy-sde", "finetune noisy-infonce", "analyze noisy-before", "analyze noisy-sde",
+         "analyze noisy-infonce", "compare noisy-sde", "compare noisy-infonce", "figures")
 
 
 def _sdetool(*args, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -111,9 +112,10 @@ def results(tmp_path_factory) -> dict:
 
 def test_folder_layout(results):
     out = results["out"]
-    assert sorted(os.listdir(out)) == sorted(["README.md", "summary.json", *FIGURES, *LAYOUT])
+    assert sorted(os.listdir(out)) == sorted(["README.md", "summary.json", MARKER, *FIGURES, *LAYOUT])
     assert sorted(os.listdir(os.path.join(out, "embeddings"))) == ["before.h5", "infonce.h5", "noisy.h5", "sde.h5"]
-    assert sorted(os.listdir(os.path.join(out, "analysis"))) == ["before.json", "infonce.json", "sde.json"]
+    assert sorted(os.listdir(os.path.join(out, "analysis"))) == ["before.json", "infonce.json", "noisy-before.json",
+                                                                  "noisy-infonce.json", "noisy-sde.json", "sde.json"]
     assert sorted(os.listdir(os.path.join(out, "compare"))) == sorted(f"{name}.json" for name in COMPARISONS)
     assert sorted(os.listdir(os.path.join(out, "runs"))) == sorted(RUNS)
     for run in RUNS:
@@ -323,7 +325,7 @@ def test_readme_shows_the_numbers_of_the_files(results):
                f"{changes['sde']:+.2f} pt |")
         assert row in image_table, (row, image_table)
     noise_before = 100 * before["noise"]["energy_share"]
-    assert f"Before fine-tuning, the noise band holds {noise_before:.3g}% of the image energy." in readme
+    assert f"Noise band share of the image embeddings: {noise_before:.3g}% before;" in readme
 
     evaluations = {loss: _json(out, "runs", loss, "eval.json") for loss in LOSSES}
     accuracy = (f"Zero-shot accuracy: {100 * evaluations['sde']['before']['zero_shot_accuracy']:.2f}% before, "
@@ -345,7 +347,7 @@ def test_readme_noisy_section_shows_the_noisy_comparisons(results):
                 f"{100 * share['infonce']['delta']:+.2f} pt | ") in section, band
     assert "carrying 50% of their energy" in section
     noise_before = 100 * noisy["sde"]["noise"]["energy_share"]["before"]
-    assert f"Before fine-tuning, the noise band holds {noise_before:.3g}% of the image energy." in section
+    assert f"Noise band share of the image embeddings: {noise_before:.3g}% before;" in section
     assert 40 < noise_before < 60  # noise carrying half the image energy lands in the noise band
 
 
@@ -383,8 +385,27 @@ def test_a_folder_with_other_files_is_refused(tmp_path):
     (busy / "runs").mkdir()  # a name of ours does not make the folder ours
     for extra in ((), ("--overwrite",), ("--resume",)):
         _assert_refused(_sdetool("reproduce", "--out", busy, *FLAGS, "-q", *extra), "notes.txt",
-                        "did not write")
+                        "no reproduction")
         assert sorted(os.listdir(busy)) == ["notes.txt", "runs"] and os.listdir(busy / "runs") == []
+    # names of ours only, but no marker: a user's folder all the same (a README and their own runs)
+    (busy / "notes.txt").unlink()
+    (busy / "README.md").write_text("my notes\n")
+    (busy / "runs" / "mine").mkdir()
+    _assert_refused(_sdetool("reproduce", "--out", busy, *FLAGS, "-q", "--overwrite"), "no reproduction")
+    assert sorted(os.listdir(busy)) == ["README.md", "runs"] and os.listdir(busy / "runs") == ["mine"]
+    # a reproduction with a file of the user's in it
+    (busy / MARKER).write_text("{}\n")
+    (busy / "notes.txt").write_text("mine\n")
+    _assert_refused(_sdetool("reproduce", "--out", busy, *FLAGS, "-q", "--overwrite"), "did not write")
+
+
+def test_overwrite_with_a_bad_device_deletes_nothing(tmp_path):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / MARKER).write_text("{}\n")
+    (out / "README.md").write_text("results\n")
+    _assert_refused(_sdetool("reproduce", "--out", out, "-q", "--overwrite", "--device", "cuda:7"), "--device")
+    assert (out / "README.md").read_text() == "results\n"
 
 
 def test_bad_options_are_refused_before_anything_is_written(tmp_path):
@@ -515,7 +536,7 @@ def test_noise_share_0_leaves_experiment_2_out(results, tmp_path, monkeypatch):
     # 11 steps and the figures (17 with experiment 2); the 3 extractions, skipped here, are not reported
     assert [number for number, _, _ in stages] == list(range(1, 10))
     assert {total for _, total, _ in stages} == {12}
-    assert stages[-1][2] == "plot the figures and write README.md"
+    assert stages[-1][2] == "plot the figures"
     assert not any("noise" in text for _, _, text in stages)
     assert sorted(result.comparisons) == ["infonce", "sde", "sde-vs-infonce"]
     summary = _json(out, "summary.json")
@@ -525,7 +546,7 @@ def test_noise_share_0_leaves_experiment_2_out(results, tmp_path, monkeypatch):
     assert not any(note.startswith("noisy embeddings") for note in summary["notes"])
     for name in ("sde", "infonce", "sde-vs-infonce"):  # experiment 1 is unchanged
         assert summary["comparisons"][name]["sets"] == results["json"]["comparisons"][name]["sets"], name
-    assert sorted(os.listdir(out)) == sorted(["README.md", "summary.json", *LAYOUT, *FIGURES[:4]])
+    assert sorted(os.listdir(out)) == sorted(["README.md", "summary.json", MARKER, *LAYOUT, *FIGURES[:4]])
     assert sorted(os.listdir(os.path.join(out, "runs"))) == ["infonce", "sde"]
     assert "noisy.h5" not in os.listdir(os.path.join(out, "embeddings"))
     readme = _text(out, "README.md")
