@@ -603,3 +603,33 @@ def test_cli_usage_errors_are_one_line(capsys, inputs, tmp_path):
         lines = [line for line in captured.err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("sdetool: error: ") and fragment in lines[0], lines
     assert os.listdir(tmp_path) == []
+
+
+def test_mp_panel_uses_the_column_space_of_a_rank_deficient_matrix():
+    from sdetool.analysis import analyze
+
+    rng = np.random.default_rng(3)
+    low_rank = rng.normal(size=(3000, 24)) @ rng.normal(size=(24, 96))  # rank 24 in 96 dimensions
+    path = "rank24.npy"
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, path)
+        np.save(path, low_rank.astype(np.float32))
+        document = analyze(path, local=True).to_dict()
+    assert document["noise"]["numerical_rank"] == 24
+    p, q = plots.mp_shape(document)
+    assert p == 24 and q == pytest.approx(document["n_effective"], rel=1e-9)  # read back from the reported edge
+    figure = plots.spectrum_figure([("rank 24", document)])
+    stairs = _axes(figure, "mp").patches[0].get_data()  # the histogram of the 24 nonzero eigenvalues
+    # density over those 24 alone: the 72 numerically zero ones are not drawn as a spike at 0
+    assert np.sum(stairs.values * np.diff(stairs.edges)) == pytest.approx(
+        np.sum(np.asarray(document["singular_values"][:24]) ** 2 / (q * document["noise"]["sigma"] ** 2)
+               <= stairs.edges[-1]) / 24, rel=1e-9)
+
+
+def test_mp_shape_of_a_full_rank_matrix_is_min_and_max():
+    document = {"n_effective": 500, "dim": 64, "noise": {"numerical_rank": 64, "sigma": 1.0, "mp_edge": 30.0}}
+    assert plots.mp_shape(document) == (64, 500.0)
+    document = {"n_effective": 40, "dim": 64, "noise": {"numerical_rank": 40, "sigma": 1.0, "mp_edge": 14.0}}
+    assert plots.mp_shape(document) == (40, 64.0)
