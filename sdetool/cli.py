@@ -96,6 +96,15 @@ def _leave_process_group(wait: bool) -> None:
         dist.destroy_process_group()
 
 
+def finish_checks(outcomes, console: Console) -> None:
+    """Print the failed ``--fail-if`` checks on stderr and exit 1 when there is one."""
+    from sdetool import report
+
+    report.render_checks(outcomes, console)
+    if any(outcome.failed for outcome in outcomes):
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
 class NoiseEstimator(str, Enum):
     median = "median"
     median_gd = "median-gd"
@@ -238,9 +247,7 @@ def analyze(
         report.write_csv(result.to_frame(), csv_path)
     if not quiet:
         report.render_analysis(document, console_err if "-" in (json_path, csv_path) else Console())
-    report.render_checks(outcomes, console_err)
-    if any(outcome.failed for outcome in outcomes):
-        raise typer.Exit(EXIT_CHECK_FAILED)
+    finish_checks(outcomes, console_err)
 
 
 class Precision(str, Enum):

@@ -15,13 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from sdetool.cli import (
-    EXIT_CHECK_FAILED,
     Energy,
     NoiseEstimator,
     RichProgress,
     StrongRule,
     stderr_console,
     app,
+    finish_checks,
     handles_errors,
 )
 
@@ -69,9 +69,7 @@ def compare(
         report.write_json(document, json_path)
     if not quiet:
         report.render_compare(document, console_err if json_path == "-" else Console())
-    report.render_checks(outcomes, console_err)
-    if any(outcome.failed for outcome in outcomes):
-        raise typer.Exit(EXIT_CHECK_FAILED)
+    finish_checks(outcomes, console_err)
 
 
 class PlotKind(str, Enum):
