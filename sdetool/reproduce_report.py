@@ -89,9 +89,9 @@ def findings(sde: dict, infonce: dict, key: str = "image") -> list[str]:
     for band in BANDS:
         shares = {name: document["sets"][key]["bands"][band]["energy_share"] for name, document in
                   (("SDE", sde), ("InfoNCE", infonce))}
-        lines.append(f"{band.capitalize()} band share of the {key} embeddings: {100 * shares['SDE']['before']:.3g}% "
-                     f"before; {100 * shares['SDE']['after']:.3g}% after SDE ({100 * shares['SDE']['delta']:+.3g} points), "
-                     f"{100 * shares['InfoNCE']['after']:.3g}% after InfoNCE ({100 * shares['InfoNCE']['delta']:+.3g} "
+        lines.append(f"{band.capitalize()} band share of the {key} embeddings: {100 * shares['SDE']['before']:.4g}% "
+                     f"before; {100 * shares['SDE']['after']:.4g}% after SDE ({100 * shares['SDE']['delta']:+.3g} points), "
+                     f"{100 * shares['InfoNCE']['after']:.4g}% after InfoNCE ({100 * shares['InfoNCE']['delta']:+.3g} "
                      f"points).")
     accuracy = (sde.get("evaluation") or {}).get("zero_shot_accuracy")
     if accuracy:

@@ -325,7 +325,7 @@ def test_readme_shows_the_numbers_of_the_files(results):
                f"{changes['sde']:+.2f} pt |")
         assert row in image_table, (row, image_table)
     noise_before = 100 * before["noise"]["energy_share"]
-    assert f"Noise band share of the image embeddings: {noise_before:.3g}% before;" in readme
+    assert f"Noise band share of the image embeddings: {noise_before:.4g}% before;" in readme
 
     evaluations = {loss: _json(out, "runs", loss, "eval.json") for loss in LOSSES}
     accuracy = (f"Zero-shot accuracy: {100 * evaluations['sde']['before']['zero_shot_accuracy']:.2f}% before, "
@@ -347,7 +347,7 @@ def test_readme_noisy_section_shows_the_noisy_comparisons(results):
                 f"{100 * share['infonce']['delta']:+.2f} pt | ") in section, band
     assert "carrying 50% of their energy" in section
     noise_before = 100 * noisy["sde"]["noise"]["energy_share"]["before"]
-    assert f"Noise band share of the image embeddings: {noise_before:.3g}% before;" in section
+    assert f"Noise band share of the image embeddings: {noise_before:.4g}% before;" in section
     assert 40 < noise_before < 60  # noise carrying half the image energy lands in the noise band
 
 
