@@ -14,12 +14,11 @@ mean and standard deviation over seeds of the held-out image embeddings' band en
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from sdetool.finetune import FinetuneOptions, finetune
-from sdetool.report import seed_summary, seed_table
+from sdetool.report import seed_summary, write_seed_summary
 from sdetool.sde import SDEConfig
 
 METRICS = (("zero-shot accuracy", ("zero_shot_accuracy",)),
@@ -69,11 +68,7 @@ def main() -> int:
     args = parser.parse_args()
     results = run_all(args.out, args.seeds, args.steps, parse_overrides(args.set), args.eval_limit, args.baseline)
     summary = seed_summary(results, METRICS)
-    table = seed_table(summary, len(args.seeds))
-    with open(os.path.join(args.out, "summary.json"), "w") as handle:
-        json.dump({"steps": args.steps, "seeds": args.seeds, "overrides": args.set, "summary": summary}, handle, indent=2)
-    with open(os.path.join(args.out, "summary.md"), "w") as handle:
-        handle.write(table)
+    table = write_seed_summary(args.out, {"steps": args.steps, "overrides": args.set}, summary, args.seeds)
     print(table)
     return 0
 

@@ -17,14 +17,13 @@ standard deviation over seeds, and writes them to ``<out>/summary.json`` and ``<
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from sdetool.data.items import builtin_data
 from sdetool.extract import ExtractOptions, extract
 from sdetool.finetune import FinetuneOptions, finetune
-from sdetool.report import seed_summary, seed_table
+from sdetool.report import seed_summary, write_seed_summary
 from sdetool.reproduce import noisy_store
 
 METRICS = (("image->text R@1", ("recall", "image_to_text_R@1")),
@@ -65,11 +64,7 @@ def main() -> int:
             print(f"{loss} seed {seed} -> {folder}", file=sys.stderr)
             runs.setdefault(loss, []).append(finetune(folder, options, embeddings=path).evaluation)
     summary = seed_summary(runs, METRICS)
-    table = seed_table(summary, len(args.seeds))
-    with open(os.path.join(args.out, "summary.json"), "w") as handle:
-        json.dump({"noise_share": args.noise_share, "steps": args.steps, "seeds": args.seeds, "summary": summary}, handle, indent=2)
-    with open(os.path.join(args.out, "summary.md"), "w") as handle:
-        handle.write(table)
+    table = write_seed_summary(args.out, {"noise_share": args.noise_share, "steps": args.steps}, summary, args.seeds)
     print(table)
     return 0
 

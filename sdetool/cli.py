@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from sdetool import __version__
 from sdetool.errors import SdetoolError, TrainingError, TrainingInterrupted
+from sdetool.progressbar import RichProgress
 
 app = typer.Typer(
     name="sdetool",
@@ -133,39 +134,6 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """See, measure and repair the spectral structure of embeddings (strong / weak / noise subspaces)."""
-
-
-class RichProgress:
-    """Streaming progress as a rich bar on stderr (count, count/s, ETA)."""
-
-    def __init__(self, console: Console, unit: str = "rows") -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(unit),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self._task = None
-        self._unit = unit
-        self._verb = "reading " if unit == "rows" else ""
-
-    def start(self, label: str, total_rows: int) -> None:
-        self._bar.start()
-        self._task = self._bar.add_task(f"{self._verb}{label}", total=total_rows, rate="")
-
-    def advance(self, rows: int, status: str = "") -> None:
-        speed = self._bar.tasks[self._task].speed
-        rate = (f"{speed:,.2f}" if speed < 10 else f"{speed:,.0f}") + f" {self._unit}/s" if speed else ""
-        self._bar.update(self._task, advance=rows, rate=" ".join(x for x in (status, rate) if x))
-
-    def finish(self) -> None:
-        self._bar.stop()
 
 
 @app.command()

@@ -14,16 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sdetool.cli import (
-    Energy,
-    NoiseEstimator,
-    RichProgress,
-    StrongRule,
-    stderr_console,
-    app,
-    finish_checks,
-    handles_errors,
-)
+from sdetool.cli import Energy, NoiseEstimator, StrongRule, app, finish_checks, handles_errors, stderr_console
+from sdetool.progressbar import RichProgress
 
 
 @app.command()

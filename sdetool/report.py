@@ -337,3 +337,11 @@ def markdown_table(header: tuple, rows: list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def write_seed_summary(out: str, meta: dict, summary: dict, seeds: list[int]) -> str:
+    """Write ``summary.json`` (``meta`` plus the summary) and ``summary.md`` (the table) into ``out``; return the table."""
+    table = seed_table(summary, len(seeds))
+    write_json({**meta, "seeds": list(seeds), "summary": summary}, os.path.join(out, "summary.json"))
+    atomic_write_text(os.path.join(out, "summary.md"), table)
+    return table

@@ -688,10 +688,12 @@ def _main_error(capsys, argv, *fragments):
     assert "Traceback" not in captured.err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
 
 
 def test_no_input_is_a_usage_error(capsys):
-    _main_error(capsys, ["compare"], "Missing argument")
+    line = _main_error(capsys, ["compare"], "Missing argument")
+    assert "sdetool compare --help" in line  # the usage hint names the command
 
 
 def test_bad_inputs_are_one_line_errors(stores, tmp_path):
