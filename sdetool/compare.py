@@ -26,12 +26,13 @@ import numpy as np
 from sdetool import __version__, metrics
 from sdetool.errors import BadInputError
 from sdetool.evaluation import recall_order
+from sdetool.runfolder import STAGES, exported_store
 from sdetool.spectrum import BANDS
 
 SCHEMA = "sdetool.compare/1"
 SET_METRICS = ("effective_rank", "stable_rank", "participation_ratio", "power_law_alpha", "mean_cosine")
 CROSS_METRICS = ("hellinger", "subspace_overlap", "modality_gap")
-RUN_STAGES = ("before", "after")
+RUN_STAGES = STAGES
 # analysis options that change where the band boundaries fall or what a share measures
 PARTITION_OPTIONS = ("center", "l2", "noise_estimator", "edge_level", "strong_rule", "iqr_k", "energy")
 
@@ -275,7 +276,7 @@ def _run_states(folder: str, evaluation: dict, analyze_options, progress) -> lis
     """A fine-tuning run's before and after states; analysed from its exported embeddings when present."""
     states = []
     for stage in RUN_STAGES:
-        store = os.path.join(folder, f"embeddings_{stage}.h5")
+        store = os.path.join(folder, exported_store(stage))
         label = f"{os.path.basename(os.path.abspath(folder))} {stage}"
         if os.path.isfile(store):
             state = analyze_state(store, label, analyze_options, progress)

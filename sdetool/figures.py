@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sdetool.compare import analysis_sets, read_json
 from sdetool.errors import BadInputError
+from sdetool.runfolder import STAGES, exported_store
 from sdetool.spectrum import BANDS
 
 KINDS = ("spectrum", "energy", "bands", "training")
@@ -55,7 +56,7 @@ def _run_stores(path: str) -> list[tuple[str, str]] | None:
     folder = path if os.path.isdir(path) else os.path.dirname(path) if os.path.basename(path) == "eval.json" else None
     if folder is None:
         return None
-    stores = [(f"{_stem(folder)} {stage}", os.path.join(folder, f"embeddings_{stage}.h5")) for stage in ("before", "after")]
+    stores = [(f"{_stem(folder)} {stage}", os.path.join(folder, exported_store(stage))) for stage in STAGES]
     if not all(os.path.isfile(store) for _, store in stores):
         raise BadInputError(f"{path}: this plot needs singular values, and the run holds only band shares; fine-tune "
                             f"with --export-embeddings, or give analysis reports or stores")
@@ -97,9 +98,9 @@ def band_states(paths: list[str], options: PlotOptions, progress=None) -> list[t
 
     states: list[tuple[str, dict]] = []
     for path in paths:
-        if path.lower().endswith(".json") and os.path.isfile(path) and \
-                str(read_json(path).get("schema", "")).startswith("sdetool.compare/"):
-            opened = comparison_states(read_json(path))
+        document = read_json(path) if path.lower().endswith(".json") and os.path.isfile(path) else {}
+        if str(document.get("schema", "")).startswith("sdetool.compare/"):
+            opened = comparison_states(document)
         else:
             opened = [(state.label, {key: {band: value.bands[band]["energy_share"] for band in BANDS}
                                      for key, value in state.sets.items()})

@@ -20,7 +20,7 @@ import numpy as np
 from sdetool import __version__
 from sdetool.errors import BadInputError, TrainingInterrupted
 from sdetool.finetune_data import POSITIVES, PairData
-from sdetool.runfolder import EVAL, SCHEMA, WEIGHTS, RunFolder
+from sdetool.runfolder import EVAL, SCHEMA, WEIGHTS, RunFolder, exported_store
 from sdetool.sde import SDEConfig
 from sdetool.trainloop import PRECISIONS, TrainingLoop, batch_rows, learning_rate_factor
 
@@ -281,7 +281,7 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
             loop.save(0)
         seconds_per_step = loop.run(start, progress or Progress())
         loop.save(options.steps, promote=True)  # an interrupted final evaluation resumes from here
-        after = on_main(world, lambda: evaluate(target, data, folder.file("embeddings_after.h5") if options.export_embeddings
+        after = on_main(world, lambda: evaluate(target, data, folder.file(exported_store("after")) if options.export_embeddings
                                                 else None, "after"))
     except KeyboardInterrupt:
         raise TrainingInterrupted(f"interrupted; {out} holds the run: run the same command with --resume to "
@@ -306,7 +306,7 @@ def _before(folder: RunFolder, target, data: PairData, options: FinetuneOptions,
     from sdetool.runfolder import write_json
 
     path = folder.file("before.json")
-    export = folder.file("embeddings_before.h5") if options.export_embeddings else None
+    export = folder.file(exported_store("before")) if options.export_embeddings else None
     if saved is not None and os.path.isfile(path) and (export is None or os.path.isfile(export)):
         return folder.read_json("before.json")
 

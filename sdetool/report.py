@@ -234,13 +234,13 @@ def seed_summary(runs: dict[str, list[dict]], metrics) -> dict:
 def seed_table(summary: dict, seeds: int) -> str:
     """A Markdown table of :func:`seed_summary`: shares and accuracies in %, ranks as they are."""
     losses = [name for name in next(iter(summary.values())) if name != "before"]
-    lines = [f"| held-out metric ({seeds} seeds, mean ± sd) | before | " + " | ".join(f"after {loss}" for loss in losses) + " |",
-             "|---|---|" + "---|" * len(losses)]
+    header = (f"held-out metric ({seeds} seeds, mean ± sd)", "before", *(f"after {loss}" for loss in losses))
+    rows = []
     for label, row in summary.items():
         scale = 1 if "rank" in label else 100
         cells = [f"{scale * mean:.3f} ± {scale * sd:.3f}" for mean, sd in [row["before"]] + [row[loss] for loss in losses]]
-        lines.append(f"| {label}{'' if scale == 1 else ' (%)'} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append((f"{label}{'' if scale == 1 else ' (%)'}", *cells))
+    return markdown_table(header, rows)
 
 
 # --- compare -------------------------------------------------------------------------------------

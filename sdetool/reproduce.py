@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from sdetool.errors import BadInputError
+from sdetool.runfolder import exported_store
 
 MODEL = "builtin:lit-fmnist"
 LOSSES = ("sde", "infonce")
@@ -324,9 +325,9 @@ def run_noisy_experiment(pipeline: Pipeline) -> None:
     for loss in LOSSES:
         pipeline.finetune(f"noisy-{loss}", _finetune_options(pipeline.options, loss, "head"), embeddings=store)
     # the heads start as the identity: both runs' "before" embeddings are the same held-out rows
-    pipeline.analyze("noisy-before", pipeline.path("runs", "noisy-sde", "embeddings_before.h5"))
+    pipeline.analyze("noisy-before", pipeline.path("runs", "noisy-sde", exported_store("before")))
     for loss in LOSSES:
-        pipeline.analyze(f"noisy-{loss}", pipeline.path("runs", f"noisy-{loss}", "embeddings_after.h5"))
+        pipeline.analyze(f"noisy-{loss}", pipeline.path("runs", f"noisy-{loss}", exported_store("after")))
     evaluations = pipeline.evaluations
     before = pipeline.state("noisy-before", "noisy before", evaluation_summary(evaluations["noisy-sde"]["before"]))
     for loss, label in (("sde", "SDE head"), ("infonce", "InfoNCE head")):

@@ -26,6 +26,14 @@ PENDING = "checkpoint.next.safetensors"  # written, not yet proven good (see Tra
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
+STAGES = ("before", "after")
+
+
+def exported_store(stage: str) -> str:
+    """The file name of a stage's held-out embeddings written with ``--export-embeddings``."""
+    return f"embeddings_{stage}.h5"
+
+
 SCHEMA = "sdetool.finetune/1"
 # Options a resume may change (after a NaN, say); config.json records each change and its step.
 # What a resume may change: the learning rate, and where the cached pairs are (a store moved with its
