@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sdetool import metrics, spectrum
+from sdetool import bands, metrics, spectrum
 from sdetool.devices import check_device, describe, resolve_device
 from sdetool.distributed import World, all_reduce_state, current_world
 from sdetool.errors import BadInputError
 from sdetool.gram import GramAccumulator, GramState
 from sdetool.results import SCHEMA, AnalysisReport, CrossAnalysis, SetAnalysis
 from sdetool.sources import dtype_name, iter_blocks, open_inputs, prefetch
+from sdetool.spatial import REEXTRACT, spatial_bands, token_sources
 
 __all__ = ["SCHEMA", "AnalysisOptions", "AnalysisReport", "CrossAnalysis", "Progress", "SetAnalysis", "analyze"]
 
@@ -59,6 +60,14 @@ class AnalysisOptions:
     device : str
         Where the Gram is accumulated: ``auto`` (CUDA for large inputs when a GPU is present),
         ``cpu`` (numpy/BLAS), ``cuda`` or ``cuda:N`` (float64 on the GPU through torch).
+    bands : int or None
+        FITMM SVD bands: split the components into this many contiguous equal-count bands.
+    band_starts : tuple of int or None
+        Instead of ``bands``: the 0-based component index where each band after the first starts.
+    spatial_bands : int or None
+        Prism spatial-frequency bands of the sets' stored token grids (``extract --tokens``).
+    spatial_smooth, spatial_center, split_image :
+        See :class:`sdetool.spatial.SpatialOptions`.
     """
 
     center: bool = True
@@ -76,6 +85,12 @@ class AnalysisOptions:
     block_rows: int | None = None
     iqr_entries: int = 1 << 20
     device: str = "auto"
+    bands: int | None = None
+    band_starts: tuple | None = None
+    spatial_bands: int | None = None
+    spatial_smooth: bool = False
+    spatial_center: str = "channel"
+    split_image: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -93,10 +108,22 @@ class AnalysisOptions:
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (self.edge_level == 0 or self.edge_level >= 1e-10,
              f"edge_level must be 0 or at least 1e-10, got {self.edge_level}"),
+            (self.bands is None or self.bands >= 1, f"--bands {self.bands}: the number of bands must be >= 1"),
+            (self.bands is None or self.band_starts is None, "--bands and --band-starts: give one of them"),
+            (self.split_image is None or self.spatial_bands is not None, "--split-image needs --spatial-bands"),
         ]
         for ok, message in checks:
             if not ok:
                 raise BadInputError(message)
+        self.spatial_options()
+
+    def spatial_options(self):
+        """The :class:`~sdetool.spatial.SpatialOptions` of ``--spatial-bands``, or None."""
+        if self.spatial_bands is None:
+            return None
+        from sdetool.spatial import SpatialOptions
+
+        return SpatialOptions(self.spatial_bands, self.spatial_smooth, self.spatial_center, self.split_image)
 
     def partition_options(self) -> spectrum.PartitionOptions:
         return spectrum.PartitionOptions(
@@ -110,6 +137,7 @@ class AnalysisOptions:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["alpha_window"] = list(self.alpha_window)
+        out["band_starts"] = None if self.band_starts is None else list(self.band_starts)
         return out
 
 
@@ -273,7 +301,56 @@ def cross_analysis(first: SetAnalysis, second: SetAnalysis, top_k: int) -> Cross
         overlap, angles = metrics.subspace_overlap(first.top_vectors[:, :k], second.top_vectors[:, :k])
     gap = metrics.modality_gap(first.unit_mean, second.unit_mean)
     note = None if paired else f"row counts differ ({first.n_samples} vs {second.n_samples}): rows are not paired"
-    return CrossAnalysis(first.key, second.key, paired, hellinger, k, overlap, angles, gap, note)
+    aligned = None
+    if first.svd_bands is not None and second.svd_bands is not None:
+        aligned = bands.band_alignment(_resolved(first.partition), first.top_vectors, _resolved(second.partition),
+                                       second.top_vectors, _edges(first.svd_bands))
+    return CrossAnalysis(first.key, second.key, paired, hellinger, k, overlap, angles, gap, note, aligned)
+
+
+def _resolved(part: spectrum.SpectralPartition) -> np.ndarray:
+    """Singular values with those below the numerical floor set to zero (their size is rounding error)."""
+    values = part.singular_values.copy()
+    values[part.numerical_rank:] = 0.0
+    return values
+
+
+def _edges(svd_bands) -> np.ndarray:
+    return np.array([band.first for band in svd_bands] + [svd_bands[-1].last + 1], dtype=np.int64)
+
+
+def _check_band_pairs(opened: dict) -> None:
+    """Per-band cross-modal alignment needs paired sets of one dimension: refuse others before any work."""
+    shapes = {key: (shards[0].shape[1], sum(s.shape[0] for s in shards)) for key, shards in opened.items()}
+    (first, (dim, rows)), *others = shapes.items()
+    for other, (other_dim, other_rows) in others:
+        problem = None
+        if other_dim != dim:
+            problem = f"dimensions differ ({first}: d = {dim}, {other}: d = {other_dim})"
+        elif other_rows != rows:
+            problem = f"row counts differ ({first}: {rows}, {other}: {other_rows}): the rows are not paired"
+        if problem:
+            raise BadInputError(f"--bands with keys {first} and {other}: per-band cross-modal alignment needs "
+                                f"paired sets of the same dimension, but {problem}; analyze one --key at a time")
+
+
+def _svd_bands(part: spectrum.SpectralPartition, options: AnalysisOptions, label: str):
+    if options.bands is None and options.band_starts is None:
+        return None
+    try:
+        edges = bands.band_edges(part.singular_values.size, options.bands, options.band_starts)
+    except ValueError as error:
+        flag = "--bands" if options.band_starts is None else "--band-starts"
+        raise BadInputError(f"{flag}: {label}: {error} (p = min(n{' - 1' if options.center else ''}, d))") from None
+    return bands.svd_bands(_resolved(part), edges, options.energy)
+
+
+def _spatial_bands(shards, key: str, options: AnalysisOptions, progress, label: str):
+    spatial_options = options.spatial_options()
+    if spatial_options is None:
+        return None
+    sources = token_sources(shards, key)
+    return None if sources is None else spatial_bands(sources, spatial_options, progress or Progress(), label + " tokens")
 
 
 def analyze(
@@ -318,6 +395,10 @@ def analyze(
     opened = open_inputs(specs, keys)
     world = World() if local else current_world()
     keep_vectors = vectors if vectors is not None else (options.top_k if len(opened) > 1 else 0)
+    with_bands = options.bands is not None or options.band_starts is not None
+    if with_bands and len(opened) > 1:
+        _check_band_pairs(opened)
+        keep_vectors = 1 << 30  # every band's directions, for the per-band alignment
     results: dict[str, SetAnalysis] = {}
     for key, shards in opened.items():
         dim = shards[0].shape[1]
@@ -350,7 +431,12 @@ def analyze(
             zero_rows=state.zero_rows,
             top_vectors=vectors,
             device=describe(device),
+            svd_bands=_svd_bands(part, options, label),
+            spatial_bands=_spatial_bands(shards, key, options, progress, label),
         )
+    if options.spatial_bands is not None and all(r.spatial_bands is None for r in results.values()):
+        raise BadInputError(f"--spatial-bands: {', '.join(k for k in results)} of {specs[0]} has no patch-token grids; "
+                            + REEXTRACT.replace("it", "the store", 1))
     ordered = list(results.values())
     cross = tuple(
         cross_analysis(ordered[i], ordered[j], options.top_k)

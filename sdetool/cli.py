@@ -118,6 +118,24 @@ class StrongRule(str, Enum):
     gd = "gd"
 
 
+class SpatialCenter(str, Enum):
+    channel = "channel"
+    image = "image"
+    none = "none"
+
+
+def _index_list(text: str | None, option: str) -> tuple | None:
+    """``"10,50"`` -> ``(10, 50)``; anything else is refused naming the option."""
+    if text is None:
+        return None
+    from sdetool.errors import BadInputError
+
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BadInputError(f"{option} {text!r}: expected comma-separated integers, e.g. 10,50") from None
+
+
 class Energy(str, Enum):
     power = "power"
     amplitude = "amplitude"
@@ -180,8 +198,31 @@ def analyze(
         None, "--fail-if", help="Exit 1 when this holds, e.g. 'bands.noise.energy_share > 0.85' (repeatable).", metavar="EXPR"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables (errors and failed checks still print)."),
+    bands: Optional[int] = typer.Option(
+        None, "--bands", help="FITMM SVD bands: split the components into K contiguous equal-count bands (energy share, "
+        "effective rank; with two paired sets, per-band alignment).", metavar="K", rich_help_panel="Band views"),
+    band_starts: Optional[str] = typer.Option(
+        None, "--band-starts", help="SVD bands at given 0-based start indices instead, e.g. 10,50 for [0,10) [10,50) [50,p).",
+        metavar="I,J,..", rich_help_panel="Band views"),
+    spatial_bands: Optional[int] = typer.Option(
+        None, "--spatial-bands", help="Prism spatial-frequency bands of the stored patch-token grids (extract --tokens): "
+        "K equal-width radial bands of the 2-D spectrum.", metavar="K", rich_help_panel="Band views"),
+    smooth: bool = typer.Option(False, "--smooth", help="Raised-cosine band masks (their squares sum to one) instead of hard ones.",
+                                rich_help_panel="Band views"),
+    spatial_center: SpatialCenter = typer.Option(
+        SpatialCenter.channel, "--spatial-center", help="Before the FFT subtract each channel's mean over all grids "
+        "(channel), each grid's own means (image: no zero frequency), or nothing.", rich_help_panel="Band views"),
+    split_image: Optional[int] = typer.Option(
+        None, "--split-image", help="Also split this 0-based image into its band components (energies in the JSON).",
+        metavar="I", rich_help_panel="Band views"),
+    split_out: Optional[str] = typer.Option(
+        None, "--split-out", help="Write the --split-image components here (.npz, one (K, h, w, c) array per set).",
+        metavar="PATH", rich_help_panel="Band views"),
 ) -> None:
-    """Spectrum of embedding sets: MP/IQR partition into strong / weak / noise bands, energy shares, metrics."""
+    """Spectrum of embedding sets: MP/IQR partition into strong / weak / noise bands, energy shares, metrics.
+
+    With --bands or --spatial-bands, also the FITMM SVD bands and the Prism spatial-frequency bands.
+    """
     from sdetool import checks, report
     from sdetool.analysis import AnalysisOptions, analyze as run_analysis
     from sdetool.distributed import current_world
@@ -192,13 +233,17 @@ def analyze(
     checks.check_paths(parsed_checks, report_paths())
     report.check_output_path(json_path, "--json")
     report.check_output_path(csv_path, "--csv")
+    report.check_output_path(split_out, "--split-out")
+    if split_out is not None and split_image is None:
+        raise BadInputError("--split-out needs --split-image (the image to split)")
     if json_path == "-" and csv_path == "-":
         raise BadInputError("--json - and --csv -: only one of them can go to stdout")
     options = AnalysisOptions(
         center=center, l2=l2, noise_estimator=noise_estimator.value, edge_level=edge_level,
         strong_rule=strong_rule.value, iqr_k=iqr_k, energy=energy.value, top_k=top_k, sample=sample,
         seed=seed, drop_nonfinite=drop_nonfinite, alpha_window=tuple(alpha_window), block_rows=block_rows,
-        device=device,
+        device=device, bands=bands, band_starts=_index_list(band_starts, "--band-starts"), spatial_bands=spatial_bands,
+        spatial_smooth=smooth, spatial_center=spatial_center.value, split_image=split_image,
     )
     world = current_world()
     console_err = stderr_console()
@@ -213,6 +258,9 @@ def analyze(
         report.write_json(document, json_path)
     if csv_path:
         report.write_csv(result.to_frame(), csv_path)
+    if split_out:
+        report.write_npz({key: entry.spatial_bands.split for key, entry in result.sets.items()
+                          if entry.spatial_bands is not None}, split_out)
     if not quiet:
         report.render_analysis(document, console_err if "-" in (json_path, csv_path) else Console())
     finish_checks(outcomes, console_err)

@@ -49,6 +49,16 @@ def write_csv(frame, path: str) -> None:
     atomic_write_text(path, frame.to_csv(index=False, float_format="%.10g"))
 
 
+def write_npz(arrays: dict, path: str) -> None:
+    """Named arrays as an uncompressed ``.npz``, atomically."""
+    import numpy as np
+
+    from sdetool.store import atomic_path
+
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -94,7 +104,54 @@ def _set_tables(entry: dict) -> list:
     if entry.get("dropped_nonfinite"):
         table.add_row("dropped non-finite rows", str(entry["dropped_nonfinite"]))
     notes = [f"[yellow]note:[/] {escape(noise['note'])}"] if noise.get("note") else []
-    return [bands, table, *notes]
+    views = [view for view in (_svd_band_table(entry), _spatial_band_table(entry)) if view is not None]
+    return [bands, table, *notes, *views]
+
+
+def _share_bar(share) -> str:
+    return "█" * int(round((share or 0.0) * 10))
+
+
+def _svd_band_table(entry: dict) -> Table | None:
+    view = entry.get("svd_bands")
+    if not view:
+        return None
+    table = Table(title=f"[bold]{entry['key']}[/] SVD bands (FITMM, {view['rule']})", title_justify="left")
+    for name in ("band", "components", f"energy ({view['energy']})", "", "effective rank"):
+        table.add_column(name, justify="left" if name in ("band", "") else "right", min_width=10 if name == "" else None)
+    for band in view["bands"]:
+        table.add_row(str(band["band"]), f"{band['first_index']}-{band['last_index']}", _percent(band["energy_share"]),
+                      _share_bar(band["energy_share"]), _fmt(band["effective_rank"]))
+    return table
+
+
+def _spatial_band_table(entry: dict) -> Table | None:
+    view = entry.get("spatial_bands")
+    if not view:
+        return None
+    grid = "x".join(str(x) for x in view["grid"])
+    title = (f"[bold]{entry['key']}[/] spatial bands (Prism): {view['n_images']:,} grids {grid}x{view['channels']}, "
+             f"{'smooth' if view['smooth'] else 'hard'}, centre {view['center']}")
+    caption = f"zero frequency alone: {_percent(view['dc_share'])} of a grid's energy on average"
+    if view["empty_images"]:
+        caption += f"; {view['empty_images']} grids without energy left out"
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    for name in ("band", "frequency", "energy (mean)", "", "std", "pooled"):
+        table.add_column(name, justify="left" if name in ("band", "") else "right", min_width=10 if name == "" else None)
+    for band in view["bands"]:
+        table.add_row(str(band["band"]), f"{band['low']:.3g}-{band['high']:.3g}", _percent(band["energy_share"]),
+                      _share_bar(band["energy_share"]), _percent(band["energy_share_std"]),
+                      _percent(band["energy_share_pooled"]))
+    return table
+
+
+def _cross_band_table(name: str, rows: list) -> Table:
+    table = Table(title=f"[bold]{name}[/] per SVD band", title_justify="left")
+    for column in ("band", "directions", "subspace overlap", "hellinger"):
+        table.add_column(column, justify="left" if column == "band" else "right")
+    for row in rows:
+        table.add_row(str(row["band"]), str(row["dimensions"]), _fmt(row["subspace_overlap"]), _fmt(row["hellinger"]))
+    return table
 
 
 def _cross_table(cross: dict) -> Table:
@@ -118,6 +175,9 @@ def render_analysis(document: dict, console: Console) -> None:
         console.print()
     if document.get("cross"):
         console.print(_cross_table(document["cross"]))
+        for name, entry in document["cross"].items():
+            if entry.get("svd_bands"):
+                console.print(_cross_band_table(name, entry["svd_bands"]))
 
 
 def render_checks(results, console: Console) -> None:

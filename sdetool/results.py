@@ -51,6 +51,8 @@ class SetAnalysis:
     zero_rows: int = 0
     top_vectors: np.ndarray | None = None
     device: str = "cpu"
+    svd_bands: tuple | None = None  # of bands.SvdBand (--bands / --band-starts)
+    spatial_bands: object | None = None  # spatial.SpatialBands (--spatial-bands)
 
     @property
     def singular_values(self) -> np.ndarray:
@@ -115,9 +117,22 @@ class SetAnalysis:
                 "snr": _clean_list(part.snr),
             },
             "metrics": {name: _clean(value) for name, value in self.metrics.items()},
+            "svd_bands": self._svd_bands(),
+            "spatial_bands": None if self.spatial_bands is None else self.spatial_bands.to_dict(),
             "device": self.device,
             "options": self.options.to_dict(),
             "sdetool_version": __version__,
+        }
+
+    def _svd_bands(self) -> dict | None:
+        if self.svd_bands is None:
+            return None
+        return {
+            "k": len(self.svd_bands),
+            "starts": [band.first for band in self.svd_bands],
+            "rule": "equal-count" if self.options.band_starts is None else "given starts",
+            "energy": self.partition.options.energy,
+            "bands": [{name: _clean(value) for name, value in band.to_dict().items()} for band in self.svd_bands],
         }
 
     def to_frame(self):
@@ -150,6 +165,7 @@ class CrossAnalysis:
     principal_angles: np.ndarray | None = None
     modality_gap: float | None = None
     note: str | None = None
+    svd_bands: tuple | None = None  # of bands.BandAlignment
 
     @property
     def name(self) -> str:
@@ -168,6 +184,8 @@ class CrossAnalysis:
             "principal_angles_deg": angles,
             "modality_gap": _clean(self.modality_gap),
             "note": self.note,
+            "svd_bands": None if self.svd_bands is None else [
+                {name: _clean(value) for name, value in band.to_dict().items()} for band in self.svd_bands],
         }
 
 
@@ -216,9 +234,21 @@ def report_paths() -> dict:
         "components": dict.fromkeys(["band", "energy_share", "snr"]),
         "metrics": dict.fromkeys(["effective_rank", "effective_rank_on", "stable_rank", "participation_ratio",
                                   "power_law_alpha", "power_law_r2", "power_law_window", "mean_cosine"]),
+        "svd_bands": {"k": None, "starts": None, "rule": None, "energy": None, "bands": {ANY: dict.fromkeys(
+            ["band", "first_index", "last_index", "count", "energy_share", "effective_rank", "singular_value_max",
+             "singular_value_min"])}},
+        "spatial_bands": {
+            "bands": {ANY: dict.fromkeys(["band", "low", "high", "energy_share", "energy_share_std",
+                                          "energy_share_min", "energy_share_max", "energy_share_pooled"])},
+            **dict.fromkeys(["k", "smooth", "center", "frequency", "grid", "channels", "n_images", "empty_images",
+                             "dc_share", "channel_mean_norm", "source"]),
+            "split": {"image": None, "component_energy": None},
+        },
         "options": {ANY: None},
         "sdetool_version": None,
     }
     pair = dict.fromkeys(["a", "b", "paired", "hellinger", "top_k", "subspace_overlap", "subspace_distance",
                           "principal_angles_deg", "modality_gap", "note"])
+    pair["svd_bands"] = {ANY: dict.fromkeys(["band", "dimensions", "subspace_overlap", "subspace_distance",
+                                             "hellinger"])}
     return {**one, "sets": {ANY: one}, "cross": {ANY: pair}}

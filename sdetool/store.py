@@ -139,7 +139,7 @@ class H5Matrix:
     path: str
     dataset: str
     key: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...]  # (n, d); (n, h, w, c) for token grids
     dtype: np.dtype
     attrs: dict = field(default_factory=dict)
     chunk_rows: int | None = None
@@ -217,6 +217,22 @@ def open_matrices(path: str, dataset: str | None = None) -> dict[str, H5Matrix]:
         return {
             key: _describe(handle, path, f"/{key}/{EMBEDDINGS}", key, dict(handle[key].attrs)) for key in keys
         }
+    except (OSError, RuntimeError) as error:
+        raise BadStoreError(f"{path}: cannot read HDF5 metadata (truncated or damaged?): {_short(error)}") from None
+    finally:
+        handle.close()
+
+
+def open_tokens(path: str, key: str) -> H5Matrix | None:
+    """The patch-token grids ``/<key>/tokens`` (n, h, w, c) of a store, read in image blocks; None without them."""
+    handle = open_file(path)
+    try:
+        item = handle.get(f"{key}/{TOKENS}")
+        if not isinstance(item, h5py.Dataset):
+            return None
+        if item.ndim != 4:
+            raise BadStoreError(f"{path}: /{key}/{TOKENS} has shape {item.shape}; expected (n, h, w, c)")
+        return _describe(handle, path, f"/{key}/{TOKENS}", key, dict(handle[key].attrs))
     except (OSError, RuntimeError) as error:
         raise BadStoreError(f"{path}: cannot read HDF5 metadata (truncated or damaged?): {_short(error)}") from None
     finally:
