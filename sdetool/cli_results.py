@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sdetool.cli import Energy, NoiseEstimator, StrongRule, app, finish_checks, handles_errors, stderr_console
+from sdetool.cli import (Energy, NoiseEstimator, SpatialCenter, StrongRule, app, finish_checks, handles_errors,
+                         stderr_console)
 from sdetool.progressbar import RichProgress
 
 
@@ -40,9 +41,20 @@ def compare(
     sample: Optional[int] = typer.Option(None, "--sample", help="Inputs analyzed here: a seeded random subset of N rows.", metavar="N", min=2),
     seed: int = typer.Option(0, "--seed", help="Seed of --sample."),
     drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Inputs analyzed here: leave out rows holding NaN or Inf."),
+    bands: Optional[int] = typer.Option(None, "--bands", help="Inputs analyzed here: also K FITMM SVD bands (as in analyze).",
+                                        metavar="K", rich_help_panel="Band views"),
+    spatial_bands: Optional[int] = typer.Option(
+        None, "--spatial-bands", help="Inputs analyzed here: also K spatial-frequency bands of their token grids (as in "
+        "analyze).", metavar="K", rich_help_panel="Band views"),
+    smooth: bool = typer.Option(False, "--smooth", help="Smooth spatial band masks (as in analyze).", rich_help_panel="Band views"),
+    spatial_center: SpatialCenter = typer.Option(SpatialCenter.channel, "--spatial-center", help="Centring before the "
+                                                 "FFT (as in analyze).", rich_help_panel="Band views"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables (errors and failed checks still print)."),
 ) -> None:
-    """Before/after: band counts and energy shares with their change, metrics, accuracy, strong-subspace angles."""
+    """Before/after: band counts and energy shares with their change, metrics, accuracy, strong-subspace angles.
+
+    With --bands / --spatial-bands (or reports that hold them): the change of each SVD or spatial band's share.
+    """
     from sdetool import checks, report
     from sdetool.analysis import AnalysisOptions
     from sdetool.compare import compare as run_compare, compare_paths
@@ -52,7 +64,8 @@ def compare(
     report.check_output_path(json_path, "--json")
     options = AnalysisOptions(center=center, noise_estimator=noise_estimator.value, strong_rule=strong_rule.value,
                               edge_level=edge_level, iqr_k=iqr_k, energy=energy.value, sample=sample, seed=seed,
-                              drop_nonfinite=drop_nonfinite)
+                              drop_nonfinite=drop_nonfinite, bands=bands, spatial_bands=spatial_bands,
+                              spatial_smooth=smooth, spatial_center=spatial_center.value)
     console_err = stderr_console()
     progress = RichProgress(console_err) if not quiet and console_err.is_terminal else None
     document = run_compare(inputs, key, options, progress).to_dict()
@@ -69,6 +82,7 @@ class PlotKind(str, Enum):
     energy = "energy"
     bands = "bands"
     training = "training"
+    tokens = "tokens"
 
 
 @app.command()
@@ -76,7 +90,8 @@ class PlotKind(str, Enum):
 def plot(
     kind: PlotKind = typer.Argument(..., help="spectrum: singular values, edge, threshold, bands, MP density; energy: "
                                     "cumulative energy; bands: stacked energy shares (before/after); training: loss and "
-                                    "batch band shares over steps.", show_default=False),
+                                    "batch band shares over steps; tokens: spatial-frequency band energy of token grids "
+                                    "per model (the Prism figure).", show_default=False),
     inputs: List[str] = typer.Argument(
         ..., metavar="INPUT...", show_default=False,
         help="Analysis reports, stores (analyzed here), fine-tuning runs (folder, eval.json; training: metrics.jsonl) "
@@ -89,16 +104,23 @@ def plot(
     loglog: bool = typer.Option(False, "--loglog", help="spectrum: logarithmic index axis too."),
     dpi: int = typer.Option(150, "--dpi", help="Resolution of PNG output.", min=20, max=1200),
     drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Inputs analyzed here: leave out rows holding NaN or Inf."),
+    spatial_bands: int = typer.Option(4, "--spatial-bands", help="tokens: K spatial-frequency bands of stores analyzed here.",
+                                      metavar="K", min=1),
+    smooth: bool = typer.Option(False, "--smooth", help="tokens: smooth band masks (as in analyze)."),
+    spatial_center: SpatialCenter = typer.Option(SpatialCenter.channel, "--spatial-center", help="tokens: centring "
+                                                 "before the FFT (as in analyze)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no confirmation line."),
 ) -> None:
-    """Draw a figure from results: spectrum, energy, bands (the energy-redistribution figure) or training."""
+    """Draw a figure from results: spectrum, energy, bands (the energy-redistribution figure), training or tokens."""
     from sdetool.analysis import AnalysisOptions
     from sdetool.figures import PlotOptions, plot as run_plot
 
     console_err = stderr_console()
     progress = RichProgress(console_err) if not quiet and console_err.is_terminal else None
     options = PlotOptions(keys=tuple(key or ()), labels=tuple(label or ()), loglog=loglog, title=title,
-                          analysis=AnalysisOptions(drop_nonfinite=drop_nonfinite), dpi=dpi)
+                          analysis=AnalysisOptions(drop_nonfinite=drop_nonfinite, **(
+                              {"spatial_bands": spatial_bands, "spatial_smooth": smooth,
+                               "spatial_center": spatial_center.value} if kind == PlotKind.tokens else {})), dpi=dpi)
     result = run_plot(kind.value, inputs, out, options, progress)
     if not quiet:
         console_err.print(f"wrote {escape(result['out'])} ({kind.value}: {escape(', '.join(result['series']))})")

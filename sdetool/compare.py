@@ -35,6 +35,7 @@ CROSS_METRICS = ("hellinger", "subspace_overlap", "modality_gap")
 RUN_STAGES = STAGES
 # analysis options that change where the band boundaries fall or what a share measures
 PARTITION_OPTIONS = ("center", "l2", "noise_estimator", "edge_level", "strong_rule", "iqr_k", "energy")
+BAND_VIEWS = ("svd_bands", "spatial_bands")  # the FITMM and Prism views, when the analyses have them
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class SetState:
     dim: int | None = None
     strong_basis: np.ndarray | None = None  # (d, k_strong), orthonormal
     partition: dict | None = None  # the analysis options that shape the bands (PARTITION_OPTIONS), when known
+    views: dict = field(default_factory=dict)  # "svd_bands" / "spatial_bands" -> (share of band 0, 1, ...)
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,29 @@ def state_from_analysis(document: dict, label: str, source: str) -> State:
         metrics_found = entry.get("metrics") or {}
         options = entry.get("options") or {}
         sets[key] = SetState(bands, {name: metrics_found.get(name) for name in SET_METRICS}, entry.get("dim"),
-                             partition={name: options[name] for name in PARTITION_OPTIONS if name in options} or None)
+                             partition={name: options[name] for name in PARTITION_OPTIONS if name in options} or None,
+                             views=_views(entry))
     cross = {name: {metric: pair.get(metric) for metric in CROSS_METRICS}
              for name, pair in (document.get("cross") or {}).items()}
     return State(label, source, sets, cross)
+
+
+def _views(entry: dict) -> dict:
+    """The band shares of an analysis' FITMM / Prism views (the mean over images for spatial bands)."""
+    views = {}
+    for view in BAND_VIEWS:
+        found = entry.get(view)
+        if isinstance(found, dict) and isinstance(found.get("bands"), list):
+            views[view] = tuple(band.get("energy_share") for band in found["bands"])
+    return views
+
+
+def view_changes(first: SetState, second: SetState, view: str) -> list | None:
+    """``[{"band", "energy_share": {before, after, delta}}]`` when both sides have the view with the same K."""
+    before, after = first.views.get(view), second.views.get(view)
+    if before is None or after is None or len(before) != len(after):
+        return None
+    return [{"band": k, "energy_share": change(a, b)} for k, (a, b) in enumerate(zip(before, after))]
 
 
 def state_from_report(report, label: str, source: str) -> State:
@@ -170,6 +191,7 @@ class Comparison:
             "bands": bands,
             "metrics": {m: change(first.metrics.get(m), second.metrics.get(m)) for m in SET_METRICS},
             "strong_subspace": strong_subspace(first, second),
+            **{view: view_changes(first, second, view) for view in BAND_VIEWS},
         }
 
     def to_dict(self) -> dict:
@@ -251,6 +273,12 @@ def compare_states(before: State, after: State, keys: list[str] | None = None) -
                          for option in PARTITION_OPTIONS if first.partition.get(option) != second.partition.get(option)]
             extra.append(f"{name}: the two sides were analysed with different options ({', '.join(differing)}): the "
                          f"bands are not comparable; analyze both alike")
+        for view in BAND_VIEWS:
+            sides = [first.views.get(view), second.views.get(view)]
+            if None not in sides and len(sides[0]) != len(sides[1]):
+                extra.append(f"{name}: {view} not compared ({len(sides[0])} bands before, {len(sides[1])} after)")
+            elif (sides[0] is None) != (sides[1] is None):
+                extra.append(f"{name}: {view} only on the {'after' if sides[0] is None else 'before'} side, not compared")
     return Comparison(before, after, pairs, notes + tuple(extra))
 
 
@@ -350,6 +378,7 @@ def compare_paths() -> dict:
         "bands": {band: {"count": delta, "energy_share": delta} for band in BANDS},
         "metrics": {name: delta for name in SET_METRICS},
         "strong_subspace": dict.fromkeys(["k_before", "k_after", "principal_angles_deg", "overlap"]),
+        **{view: {ANY: {"band": None, "energy_share": delta}} for view in BAND_VIEWS},
     }
     return {
         **one,

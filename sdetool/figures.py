@@ -16,7 +16,7 @@ from sdetool.errors import BadInputError
 from sdetool.runfolder import STAGES, exported_store
 from sdetool.spectrum import BANDS
 
-KINDS = ("spectrum", "energy", "bands", "training")
+KINDS = ("spectrum", "energy", "bands", "training", "tokens")
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,37 @@ def analysis_series(paths: list[str], options: PlotOptions, progress=None) -> li
             entries = _set_documents(document, options.keys, path)
             for key, entry in entries.items():
                 series.append((label if len(entries) == 1 else f"{label} {key}", entry))
+    return series
+
+
+def token_series(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
+    """``(label, spatial_bands object)`` per set with token bands of every input (reports or stores analysed here)."""
+    from sdetool.analysis import AnalysisOptions, analyze
+
+    analysis = options.analysis or AnalysisOptions(spatial_bands=4)
+    series = []
+    for path in paths:
+        if path.lower().endswith(".json"):
+            if not os.path.isfile(path):
+                raise BadInputError(f"{path}: no such file")
+            document = read_json(path)
+            if not str(document.get("schema", "")).startswith("sdetool.analysis/"):
+                raise BadInputError(f"{path}: expected an analysis report (sdetool analyze --spatial-bands K --json); "
+                                    f"found schema {document.get('schema')!r}")
+        else:
+            document = analyze(path, keys=list(options.keys) or None, options=analysis, progress=progress,
+                               local=True).to_dict()
+        entries = analysis_sets(document, path, ())
+        found = {key: entry["spatial_bands"] for key, entry in entries.items()
+                 if (not options.keys or key in options.keys) and isinstance(entry.get("spatial_bands"), dict)}
+        if not found:
+            raise BadInputError(f"{path}: no spatial bands; analyze a store written with extract --tokens with "
+                                f"--spatial-bands K (or give the store here)")
+        series += [(_stem(path) if len(found) == 1 else f"{_stem(path)} {key}", view) for key, view in found.items()]
+    counts = {len(view["bands"]) for _, view in series}
+    if len(counts) > 1:
+        raise BadInputError(f"the inputs have different numbers of spatial bands ({', '.join(map(str, sorted(counts)))}); "
+                            f"analyze them with the same --spatial-bands K")
     return series
 
 
@@ -192,6 +223,9 @@ def plot(kind: str, inputs: list[str], out: str, options: PlotOptions = PlotOpti
     if kind == "training":
         items = _relabel(training_runs(inputs), options.labels)
         figure = plots.training_figure(items, title=options.title)
+    elif kind == "tokens":
+        items = _relabel(token_series(inputs, options, progress), options.labels)
+        figure = plots.tokens_figure(items, title=options.title)
     elif kind == "bands":
         items = _relabel(band_states(inputs, options, progress), options.labels)
         figure = plots.bands_figure(items, title=options.title)

@@ -239,6 +239,48 @@ def bands_figure(states: list[tuple[str, dict]], *, title: str | None = None):
     return figure
 
 
+# --- spatial-frequency bands (Prism) -------------------------------------------------------------
+
+
+def tokens_figure(series: list[tuple[str, dict]], *, title: str | None = None):
+    """The Prism figure: each model's token-grid energy per spatial-frequency band, side by side.
+
+    Parameters
+    ----------
+    series : list of (label, ``spatial_bands`` object of an analysis set)
+        All with the same number of bands.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes ``tokens``: per band (low frequency left) a group of bars, one per series in order,
+        height the mean share over images in percent, error bar its standard deviation, and a dashed
+        line at the share a spatially white grid of that shape would have.
+    """
+    bands = len(series[0][1]["bands"])
+    figure = _figure(max(5.0, 1.2 + bands * (0.5 + 0.35 * len(series))), 4.4)
+    axes = figure.add_subplot(1, 1, 1, label="tokens")
+    width = 0.8 / len(series)
+    for position, (label, view) in enumerate(series):
+        shares = [100.0 * (band["energy_share"] or 0.0) for band in view["bands"]]
+        spread = [100.0 * (band["energy_share_std"] or 0.0) for band in view["bands"]]
+        x = np.arange(bands) + (position - (len(series) - 1) / 2) * width
+        grid = "x".join(str(size) for size in view["grid"])
+        axes.bar(x, shares, width * 0.92, yerr=spread, capsize=2, color=series_colour(position),
+                 label=f"{label} ({grid}x{view['channels']})", error_kw={"elinewidth": 0.8, "ecolor": "#444444"})
+        white = [100.0 * (band.get("white_noise_share") or 0.0) for band in view["bands"]]
+        axes.hlines(white, x - width * 0.46, x + width * 0.46, colors="#999999", linestyles="--", linewidth=1.2,
+                    label="white noise on that grid" if position == 0 else None)
+    edges = series[0][1]["bands"]
+    axes.set_xticks(np.arange(bands), [f"{band['low']:.2g}-{band['high']:.2g}" for band in edges])
+    axes.set_xlabel("radial spatial frequency (1 = the grid's highest)")
+    axes.set_ylabel("energy share (%), mean ± std over images")
+    axes.set_ylim(0, 100)
+    axes.legend(fontsize="small")
+    axes.set_title(title or "Token-grid energy per spatial-frequency band", fontsize="medium")
+    return figure
+
+
 # --- training ------------------------------------------------------------------------------------
 
 

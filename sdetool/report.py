@@ -132,16 +132,17 @@ def _spatial_band_table(entry: dict) -> Table | None:
     grid = "x".join(str(x) for x in view["grid"])
     title = (f"[bold]{entry['key']}[/] spatial bands (Prism): {view['n_images']:,} grids {grid}x{view['channels']}, "
              f"{'smooth' if view['smooth'] else 'hard'}, centre {view['center']}")
-    caption = f"zero frequency alone: {_percent(view['dc_share'])} of a grid's energy on average"
+    caption = (f"zero frequency alone: {_percent(view['dc_share'])} of a grid's energy on average; white noise: the "
+               f"shares of a spatially white grid")
     if view["empty_images"]:
         caption += f"; {view['empty_images']} grids without energy left out"
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
-    for name in ("band", "frequency", "energy (mean)", "", "std", "pooled"):
+    for name in ("band", "frequency", "energy (mean)", "", "std", "white noise"):
         table.add_column(name, justify="left" if name in ("band", "") else "right", min_width=10 if name == "" else None)
     for band in view["bands"]:
         table.add_row(str(band["band"]), f"{band['low']:.3g}-{band['high']:.3g}", _percent(band["energy_share"]),
                       _share_bar(band["energy_share"]), _percent(band["energy_share_std"]),
-                      _percent(band["energy_share_pooled"]))
+                      _percent(band["white_noise_share"]))
     return table
 
 
@@ -335,6 +336,12 @@ def compare_metric_rows(entry: dict) -> list[tuple[str, str, str, str]]:
             for metric, v in entry["metrics"].items() if v["before"] is not None or v["after"] is not None]
 
 
+def compare_view_rows(changes: list, title: str) -> list[tuple[str, str, str, str]]:
+    """``(band, share before, after, change)`` rows of an SVD or spatial band view (pure)."""
+    return [(f"{title} {row['band']}", _percent(row["energy_share"]["before"]), _percent(row["energy_share"]["after"]),
+             _points(row["energy_share"]["delta"])) for row in changes]
+
+
 def compare_evaluation_rows(document: dict) -> list[tuple[str, str, str, str]]:
     """``(metric, before, after, change)`` rows of the runs' held-out accuracy and recalls, in % (pure)."""
     evaluation = document.get("evaluation") or {}
@@ -377,6 +384,9 @@ def render_compare(document: dict, console: Console) -> None:
             table.add_row(*row)
         console.print(table)
         _print_rows(console, compare_metric_rows(entry))
+        for view, title in (("svd_bands", "SVD band"), ("spatial_bands", "spatial band")):
+            if entry.get(view):
+                _print_rows(console, compare_view_rows(entry[view], title))
         line = subspace_line(entry)
         if line:
             console.print(line)

@@ -239,7 +239,8 @@ def report_paths() -> dict:
              "singular_value_min"])}},
         "spatial_bands": {
             "bands": {ANY: dict.fromkeys(["band", "low", "high", "energy_share", "energy_share_std",
-                                          "energy_share_min", "energy_share_max", "energy_share_pooled"])},
+                                          "energy_share_min", "energy_share_max", "energy_share_pooled",
+                                          "white_noise_share"])},
             **dict.fromkeys(["k", "smooth", "center", "frequency", "grid", "channels", "n_images", "empty_images",
                              "dc_share", "channel_mean_norm", "source"]),
             "split": {"image": None, "component_energy": None},

@@ -72,6 +72,9 @@ class SpatialBands:
         and ``pooled`` (each band's share of all images' energy together); arrays of shape (K,).
     dc_share : float
         Mean share of the zero frequency alone (what a global average pool reads).
+    white_shares : ndarray of shape (K,)
+        The shares of a spatially white grid (the bands' fractions of the frequency bins): the reference
+        a share is read against, since equal-width radial bands hold unequal numbers of bins.
     split : ndarray of shape (K, h, w, c), or None
         The iterative band split of ``options.split_image``.
     """
@@ -84,6 +87,7 @@ class SpatialBands:
     empty_images: int
     shares: dict
     dc_share: float
+    white_shares: np.ndarray
     channel_mean_norm: float | None = None
     split: np.ndarray | None = None
 
@@ -97,7 +101,8 @@ class SpatialBands:
         per_band = [
             {"band": k, "low": edges[k], "high": edges[k + 1],
              **{("energy_share" if name == "mean" else f"energy_share_{name}"): _clean(values[k])
-                for name, values in self.shares.items()}}
+                for name, values in self.shares.items()},
+             "white_noise_share": _clean(self.white_shares[k])}
             for k in range(self.options.bands)
         ]
         split = None
@@ -219,6 +224,7 @@ def spatial_bands(sources, options: SpatialOptions, progress, label: str) -> Spa
         options=options, sources=tuple(s.path for s in sources), grid=(height, width), channels=channels,
         n_images=n_images, empty_images=statistics.empty, shares=statistics.summary(),
         dc_share=dc_total / statistics.count if statistics.count else float("nan"),
+        white_shares=weights.sum(axis=1) / (height * width),
         channel_mean_norm=None if mean is None else float(np.linalg.norm(mean)), split=split,
     )
 

