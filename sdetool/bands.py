@@ -206,15 +206,21 @@ def radial_frequency(height: int, width: int, one_sided: bool = False) -> np.nda
 
 def max_spatial_bands(height: int, width: int) -> int:
     """The most equal-width radial bands a grid supports: the largest K for which every K' <= K leaves no
-    hard band without a frequency bin (a 1 x 1 grid supports one band, a 7 x 7 grid four)."""
+    hard band without a frequency bin (a 1 x 1 grid supports one band, a 7 x 7 grid eight)."""
     radius = radial_frequency(height, width).ravel()
     limit = 1
     for bands in range(2, radius.size + 1):
-        index = np.minimum((radius * bands).astype(np.int64), bands - 1)
+        index = _hard_band(radius, bands)
         if np.unique(index).size < bands:
             break
         limit = bands
     return limit
+
+
+def _hard_band(radius: np.ndarray, bands: int) -> np.ndarray:
+    """``floor(r K)`` clipped to ``K - 1``; a radius on a boundary (up to rounding: 3/4 computes as
+    0.74999...) belongs to the band above it."""
+    return np.minimum(np.floor(radius * bands + 1e-9).astype(np.int64), bands - 1)
 
 
 def band_masks(radius: np.ndarray, bands: int, smooth: bool = False) -> np.ndarray:
@@ -228,7 +234,7 @@ def band_masks(radius: np.ndarray, bands: int, smooth: bool = False) -> np.ndarr
         raise ValueError(f"the number of bands must be >= 1, got {bands}")
     radius = np.asarray(radius, dtype=np.float64)
     if not smooth:
-        index = np.minimum((radius * bands).astype(np.int64), bands - 1)
+        index = _hard_band(radius, bands)
         return (index[None] == np.arange(bands).reshape(-1, *([1] * radius.ndim))).astype(np.float64)
     half = 0.25 / bands
     masks = np.ones((bands, *radius.shape))
