@@ -288,28 +288,28 @@ def band_energies(grids, weights: np.ndarray) -> np.ndarray:
 
 
 def split_bands(grid, bands: int, smooth: bool = False) -> np.ndarray:
-    """The iterative band split of one grid: ``r_0 = z, b_k = P_k(r_k), r_{k+1} = r_k - b_k``.
+    """The iterative band split of a grid: ``r_0 = z, b_k = P_k(r_k), r_{k+1} = r_k - b_k``.
 
     ``P_k`` keeps band k of the spectrum (multiplies by its amplitude mask). The last band is the whole
     residual ``r_{K-1}``, so the components sum to ``z``; with hard masks it equals ``P_{K-1}(r_{K-1})``.
 
     Parameters
     ----------
-    grid : array_like, shape (h, w, c)
+    grid : array_like, shape (h, w, c), or (m, h, w, c) for a batch of grids
 
     Returns
     -------
-    ndarray, shape (K, h, w, c), float64
+    ndarray, shape (K, *grid.shape), float64
     """
     residual = np.asarray(grid, dtype=np.float64)
-    if residual.ndim != 3:
-        raise ValueError(f"a token grid must have shape (h, w, c), got {residual.shape}")
-    height, width = residual.shape[:2]
+    if residual.ndim not in (3, 4):
+        raise ValueError(f"a token grid must have shape (h, w, c) or (m, h, w, c), got {residual.shape}")
+    height, width = residual.shape[-3:-1]
     masks = band_masks(radial_frequency(height, width), bands, smooth)
     components = []
     for k in range(bands - 1):
-        spectrum = sfft.fft2(residual, axes=(0, 1), norm="ortho")
-        component = sfft.ifft2(spectrum * masks[k][:, :, None], axes=(0, 1), norm="ortho").real
+        spectrum = sfft.fft2(residual, axes=(-3, -2), norm="ortho")
+        component = sfft.ifft2(spectrum * masks[k][:, :, None], axes=(-3, -2), norm="ortho").real
         components.append(component)
         residual = residual - component
     components.append(residual)

@@ -352,9 +352,12 @@ def test_split_bands_smooth_and_constant():
         split = B.split_bands(constant, K, smooth)
         assert_allclose(split[0], constant, rtol=0, atol=1e-13)
         assert_allclose(split[1:], 0.0, atol=1e-13)
-    for bad in (np.ones((4, 4)), np.ones((2, 4, 4, 1))):
+    for bad in (np.ones((4, 4)), np.ones((2, 2, 4, 4, 1))):
         with pytest.raises(ValueError):
             B.split_bands(bad, 2)
+    batch = rng(5).normal(size=(3, h, w, 2))  # a batch splits as its grids one by one
+    assert_allclose(B.split_bands(batch, K, True), np.stack([B.split_bands(g, K, True) for g in batch], axis=1),
+                    rtol=0, atol=1e-12)
 
 
 # --- ShareStatistics --------------------------------------------------------------------------------
