@@ -113,6 +113,7 @@ def _judge(check: Check, subject: str | None, actual) -> CheckResult:
 
 
 ANY = "*"  # in a path skeleton: any key (a set name, a pair name) or list index
+INDEX = "#"  # in a path skeleton: a list position only
 
 
 def _known(skeleton, parts: list[str]) -> bool:
@@ -129,8 +130,11 @@ def _known(skeleton, parts: list[str]) -> bool:
         key = ".".join(parts[:end])
         if key in skeleton and _known(skeleton[key], parts[end:]):
             return True
-    if ANY in skeleton:
-        return any(_known(skeleton[ANY], parts[end:]) for end in range(1, len(parts) + 1))
+    if INDEX in skeleton:
+        return parts[0].lstrip("-").isdigit() and _known(skeleton[INDEX], parts[1:])
+    if ANY in skeleton:  # a free name may hold dots, but not swallow the known path after it
+        last = len(parts) + 1 if skeleton[ANY] is None else len(parts)
+        return any(_known(skeleton[ANY], parts[end:]) for end in range(1, last))
     return False
 
 
@@ -138,7 +142,7 @@ def check_paths(checks: list[Check], skeleton: dict) -> None:
     """Refuse, before any work, a check whose path no report can have (a typo costs no run)."""
     for check in checks:
         if not _known(skeleton, check.path.split(".")):
-            roots = ", ".join(key for key in skeleton if key != ANY)
+            roots = ", ".join(key for key in skeleton if key not in (ANY, INDEX))
             raise BadInputError(f"--fail-if {check.text!r}: a report has no value at {check.path!r}; top-level keys: {roots}")
 
 

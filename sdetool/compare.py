@@ -370,7 +370,7 @@ def compare(inputs: list[str], keys: list[str] | None = None, analyze_options=No
 
 def compare_paths() -> dict:
     """The skeleton of every path a comparison can have, for checking ``--fail-if`` before a run."""
-    from sdetool.checks import ANY
+    from sdetool.checks import ANY, INDEX
 
     delta = dict.fromkeys(["before", "after", "delta"])
     one = {
@@ -378,7 +378,7 @@ def compare_paths() -> dict:
         "bands": {band: {"count": delta, "energy_share": delta} for band in BANDS},
         "metrics": {name: delta for name in SET_METRICS},
         "strong_subspace": dict.fromkeys(["k_before", "k_after", "principal_angles_deg", "overlap"]),
-        **{view: {ANY: {"band": None, "energy_share": delta}} for view in BAND_VIEWS},
+        **{view: {INDEX: {"band": None, "energy_share": delta}} for view in BAND_VIEWS},
     }
     return {
         **one,

@@ -219,7 +219,7 @@ class AnalysisReport:
 
 def report_paths() -> dict:
     """The skeleton of every path a report can have, for checking ``--fail-if`` before a run."""
-    from sdetool.checks import ANY
+    from sdetool.checks import ANY, INDEX
 
     band = {"count": None, "energy_share": None, "first_index": None}
     one = {
@@ -234,11 +234,11 @@ def report_paths() -> dict:
         "components": dict.fromkeys(["band", "energy_share", "snr"]),
         "metrics": dict.fromkeys(["effective_rank", "effective_rank_on", "stable_rank", "participation_ratio",
                                   "power_law_alpha", "power_law_r2", "power_law_window", "mean_cosine"]),
-        "svd_bands": {"k": None, "starts": None, "rule": None, "energy": None, "bands": {ANY: dict.fromkeys(
+        "svd_bands": {"k": None, "starts": None, "rule": None, "energy": None, "bands": {INDEX: dict.fromkeys(
             ["band", "first_index", "last_index", "count", "energy_share", "effective_rank", "singular_value_max",
              "singular_value_min"])}},
         "spatial_bands": {
-            "bands": {ANY: dict.fromkeys(["band", "low", "high", "energy_share", "energy_share_std",
+            "bands": {INDEX: dict.fromkeys(["band", "low", "high", "energy_share", "energy_share_std",
                                           "energy_share_min", "energy_share_max", "energy_share_pooled",
                                           "white_noise_share"])},
             **dict.fromkeys(["k", "smooth", "center", "frequency", "grid", "channels", "n_images", "empty_images",
@@ -250,6 +250,6 @@ def report_paths() -> dict:
     }
     pair = dict.fromkeys(["a", "b", "paired", "hellinger", "top_k", "subspace_overlap", "subspace_distance",
                           "principal_angles_deg", "modality_gap", "note"])
-    pair["svd_bands"] = {ANY: dict.fromkeys(["band", "dimensions", "subspace_overlap", "subspace_distance",
+    pair["svd_bands"] = {INDEX: dict.fromkeys(["band", "dimensions", "subspace_overlap", "subspace_distance",
                                              "hellinger"])}
     return {**one, "sets": {ANY: one}, "cross": {ANY: pair}}
