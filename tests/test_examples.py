@@ -35,3 +35,21 @@ def test_noisy_head_adds_the_noise_it_says(tmp_path):
     before = json.loads((tmp_path / "sde-seed0" / "eval.json").read_text())["before"]["bands"]["image"]
     # isotropic noise carrying 40% of the energy lands (mostly) in the noise band
     assert 0.3 < before["noise"]["energy_share"] < 0.45
+
+
+def test_band_views_runs_and_reports_both_views(tmp_path):
+    completed = subprocess.run([sys.executable, str(ROOT / "examples" / "band_views.py"), "--out", str(tmp_path),
+                                "--limit", "300"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    spatial = summary["spatial_bands"]
+    assert [view["grid"] + [view["channels"]] for view in spatial.values()] == [[7, 7, 128], [7, 7, 16], [28, 28, 1]]
+    for view in spatial.values():
+        assert abs(sum(band["energy_share"] for band in view["bands"]) - 1) < 1e-9
+    assert set(summary["probes"]["lit-fmnist conv map"]) >= {"whole grid", "band 0", "band 3"}
+    assert all(0 <= accuracy <= 1 for probe in summary["probes"].values() for accuracy in probe.values())
+    assert summary["svd_bands"]["cross"][0]["dimensions"] > 0
+    assert (tmp_path / "tokens.png").stat().st_size > 10_000
+    assert "## Spatial-frequency energy share" in completed.stdout
