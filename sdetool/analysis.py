@@ -19,7 +19,7 @@ from sdetool.errors import BadInputError
 from sdetool.gram import GramAccumulator, GramState
 from sdetool.results import SCHEMA, AnalysisReport, CrossAnalysis, SetAnalysis
 from sdetool.sources import dtype_name, iter_blocks, open_inputs, prefetch
-from sdetool.spatial import REEXTRACT, spatial_bands, token_sources
+from sdetool.spatial import REEXTRACT, check_sources, spatial_bands, token_sources
 
 __all__ = ["SCHEMA", "AnalysisOptions", "AnalysisReport", "CrossAnalysis", "Progress", "SetAnalysis", "analyze"]
 
@@ -111,6 +111,14 @@ class AnalysisOptions:
             (self.bands is None or self.bands >= 1, f"--bands {self.bands}: the number of bands must be >= 1"),
             (self.bands is None or self.band_starts is None, "--bands and --band-starts: give one of them"),
             (self.split_image is None or self.spatial_bands is not None, "--split-image needs --spatial-bands"),
+            (self.spatial_bands is not None or (not self.spatial_smooth and self.spatial_center == "channel"),
+             "--smooth and --spatial-center shape the spatial bands: they need --spatial-bands"),
+            (self.spatial_bands is None or self.sample is None,
+             "--spatial-bands with --sample: the spatial view reads every image's grid, so it would not describe the "
+             "sampled rows; analyze the token grids without --sample"),
+            (self.band_starts is None or all(b > a for a, b in zip((0, *self.band_starts), self.band_starts)),
+             f"--band-starts {','.join(map(str, self.band_starts or ()))}: the starts must be positive and strictly "
+             f"increasing (0-based; the first band always starts at 0)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,7 +131,8 @@ class AnalysisOptions:
             return None
         from sdetool.spatial import SpatialOptions
 
-        return SpatialOptions(self.spatial_bands, self.spatial_smooth, self.spatial_center, self.split_image)
+        return SpatialOptions(self.spatial_bands, self.spatial_smooth, self.spatial_center, self.split_image,
+                              drop_nonfinite=self.drop_nonfinite)
 
     def partition_options(self) -> spectrum.PartitionOptions:
         return spectrum.PartitionOptions(
@@ -337,20 +346,44 @@ def _check_band_pairs(opened: dict) -> None:
 def _svd_bands(part: spectrum.SpectralPartition, options: AnalysisOptions, label: str):
     if options.bands is None and options.band_starts is None:
         return None
+    return bands.svd_bands(_resolved(part), _band_edges(part.singular_values.size, options, label), options.energy)
+
+
+def _band_edges(components: int, options: AnalysisOptions, label: str) -> np.ndarray:
     try:
-        edges = bands.band_edges(part.singular_values.size, options.bands, options.band_starts)
+        return bands.band_edges(components, options.bands, options.band_starts)
     except ValueError as error:
         flag = "--bands" if options.band_starts is None else "--band-starts"
-        raise BadInputError(f"{flag}: {label}: {error} (p = min(n{' - 1' if options.center else ''}, d))") from None
-    return bands.svd_bands(_resolved(part), edges, options.energy)
+        raise BadInputError(f"{flag}: {label}: {error}, the number of its singular components "
+                            f"(min(n{' - 1' if options.center else ''}, d))") from None
 
 
-def _spatial_bands(shards, key: str, options: AnalysisOptions, progress, label: str):
+def _prepare_views(opened: dict, options: AnalysisOptions, source: str) -> dict:
+    """Refuse band options the inputs cannot meet before any streaming; the token sources per key."""
+    if options.bands is not None or options.band_starts is not None:
+        if len(opened) > 1:
+            _check_band_pairs(opened)
+        for key, shards in opened.items():
+            rows = min(sum(s.shape[0] for s in shards), options.sample or 1 << 62)
+            _band_edges(min(rows - int(options.center), shards[0].shape[1]), options, key)
     spatial_options = options.spatial_options()
     if spatial_options is None:
+        return {}
+    found = {key: token_sources(shards, key) for key, shards in opened.items()}
+    if all(sources is None for sources in found.values()):
+        raise BadInputError(f"--spatial-bands: {', '.join(found)} of {source} has no patch-token grids; "
+                            + REEXTRACT.replace("it", "the store", 1))
+    for key, sources in found.items():
+        if sources is not None:
+            check_sources(sources, spatial_options, key)
+    return found
+
+
+def _spatial_bands(sources, key: str, options: AnalysisOptions, progress):
+    if not sources:
         return None
-    sources = token_sources(shards, key)
-    return None if sources is None else spatial_bands(sources, spatial_options, progress or Progress(), label + " tokens")
+    label = sources[0].label if len(sources) == 1 else f"{key} tokens ({len(sources)} shards)"
+    return spatial_bands(sources, options.spatial_options(), progress or Progress(), label)
 
 
 def analyze(
@@ -396,8 +429,8 @@ def analyze(
     world = World() if local else current_world()
     keep_vectors = vectors if vectors is not None else (options.top_k if len(opened) > 1 else 0)
     with_bands = options.bands is not None or options.band_starts is not None
+    token_grids = _prepare_views(opened, options, specs[0])
     if with_bands and len(opened) > 1:
-        _check_band_pairs(opened)
         keep_vectors = 1 << 30  # every band's directions, for the per-band alignment
     results: dict[str, SetAnalysis] = {}
     for key, shards in opened.items():
@@ -432,11 +465,8 @@ def analyze(
             top_vectors=vectors,
             device=describe(device),
             svd_bands=_svd_bands(part, options, label),
-            spatial_bands=_spatial_bands(shards, key, options, progress, label),
+            spatial_bands=_spatial_bands(token_grids.get(key), key, options, progress),
         )
-    if options.spatial_bands is not None and all(r.spatial_bands is None for r in results.values()):
-        raise BadInputError(f"--spatial-bands: {', '.join(k for k in results)} of {specs[0]} has no patch-token grids; "
-                            + REEXTRACT.replace("it", "the store", 1))
     ordered = list(results.values())
     cross = tuple(
         cross_analysis(ordered[i], ordered[j], options.top_k)

@@ -52,14 +52,14 @@ def band_edges(components: int, bands: int | None = None, starts=None) -> np.nda
         raise ValueError(f"there are no components to split (p = {components})")
     if starts is None:
         if not 1 <= bands <= components:
-            raise ValueError(f"the number of bands must be between 1 and the number of components {components}, got {bands}")
+            raise ValueError(f"the number of bands must be between 1 and p = {components}, got {bands}")
         sizes = np.full(bands, components // bands)
         sizes[: components % bands] += 1
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     starts = [int(s) for s in starts]
     if any(not 0 < s < components for s in starts):
-        raise ValueError(f"band start indices must lie between 1 and {components - 1} (0-based; p = {components}), "
-                         f"got {starts}")
+        raise ValueError(f"band start indices must lie between 1 and {components - 1} (0-based), got {starts}; "
+                         f"p = {components}")
     if any(b <= a for a, b in zip(starts, starts[1:])):
         raise ValueError(f"band start indices must be strictly increasing, got {starts}")
     return np.array([0, *starts, components], dtype=np.int64)
@@ -99,6 +99,8 @@ def svd_bands(singular_values, edges, energy: str = "power") -> tuple[SvdBand, .
     energy : {"power", "amplitude"}
         Shares of ``sum s^2`` or of ``sum s``.
     """
+    if energy not in ("power", "amplitude"):
+        raise ValueError(f"energy must be 'power' or 'amplitude', got {energy!r}")
     values = np.asarray(singular_values, dtype=np.float64)
     weights = values**2 if energy == "power" else values
     total = weights.sum()
@@ -116,7 +118,7 @@ class BandAlignment:
     """Cross-modal alignment inside one SVD band of two paired sets of the same dimension."""
 
     index: int
-    dimensions: int  # band directions compared (those above the numerical rank of both sets)
+    dimensions: int  # min(m_a, m_b): the band directions above the numerical rank, of the set that has fewer
     subspace_overlap: float | None
     hellinger: float
 
@@ -135,28 +137,31 @@ def band_alignment(values_a, vectors_a: np.ndarray, values_b, vectors_b: np.ndar
         Descending singular values of both sets (the same ``p``).
     vectors_a, vectors_b : ndarray, shape (d, r_a) and (d, r_b)
         Their leading right singular vectors; ``r`` may stop short of ``p`` (numerically zero
-        components have no meaningful direction): a band is compared on the directions both sets have.
+        components have no meaningful direction): each set contributes the band directions it has.
     edges : array_like of int, shape (K + 1,)
 
     Returns
     -------
     tuple of BandAlignment
-        ``subspace_overlap = ||V_a,k^T V_b,k||_F^2 / m`` over the ``m`` shared directions of band k
-        (1: the same subspace, 0: orthogonal; None when ``m = 0``), and the Hellinger distance of the
-        normalised in-band power spectra (METHOD.md section 5, inside one band).
+        ``subspace_overlap = ||V_a,k^T V_b,k||_F^2 / min(m_a, m_b)`` with ``m_a``, ``m_b`` the band-k
+        directions each set has (1: the smaller subspace lies inside the larger, 0: orthogonal; about
+        ``max(m_a, m_b) / d`` for random subspaces; None when a set has none), and the Hellinger distance
+        of the normalised in-band power spectra (METHOD.md section 5, inside one band).
     """
     if vectors_a.shape[0] != vectors_b.shape[0]:
         raise ValueError(f"the sets must have the same dimension, got {vectors_a.shape[0]} and {vectors_b.shape[0]}")
     values_a, values_b = np.asarray(values_a, np.float64), np.asarray(values_b, np.float64)
-    available = min(vectors_a.shape[1], vectors_b.shape[1])
     result = []
     for index, (start, stop) in enumerate(zip(edges[:-1], edges[1:])):
-        end = min(int(stop), available)
+        band_a = vectors_a[:, start:min(int(stop), vectors_a.shape[1])]
+        band_b = vectors_b[:, start:min(int(stop), vectors_b.shape[1])]
+        shared = min(band_a.shape[1], band_b.shape[1])
         overlap = None
-        if end > start:
-            overlap, _ = metrics.subspace_overlap(vectors_a[:, start:end], vectors_b[:, start:end])
+        if shared:
+            angles = metrics.principal_angles(band_a, band_b)
+            overlap = float(np.sum(np.cos(angles) ** 2) / shared)
         hellinger = metrics.hellinger_spectral_distance(values_a[start:stop], values_b[start:stop])
-        result.append(BandAlignment(index, max(end - int(start), 0), overlap, hellinger))
+        result.append(BandAlignment(index, shared, overlap, hellinger))
     return tuple(result)
 
 

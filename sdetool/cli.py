@@ -234,6 +234,8 @@ def analyze(
     report.check_output_path(json_path, "--json")
     report.check_output_path(csv_path, "--csv")
     report.check_output_path(split_out, "--split-out")
+    if split_out == "-":
+        raise BadInputError("--split-out -: the split is binary (.npz); give a file path")
     if split_out is not None and split_image is None:
         raise BadInputError("--split-out needs --split-image (the image to split)")
     if json_path == "-" and csv_path == "-":
@@ -259,8 +261,7 @@ def analyze(
     if csv_path:
         report.write_csv(result.to_frame(), csv_path)
     if split_out:
-        report.write_npz({key: entry.spatial_bands.split for key, entry in result.sets.items()
-                          if entry.spatial_bands is not None}, split_out)
+        report.write_npz(result.split_arrays(), split_out)
     if not quiet:
         report.render_analysis(document, console_err if "-" in (json_path, csv_path) else Console())
     finish_checks(outcomes, console_err)

@@ -47,7 +47,7 @@ class SetState:
     dim: int | None = None
     strong_basis: np.ndarray | None = None  # (d, k_strong), orthonormal
     partition: dict | None = None  # the analysis options that shape the bands (PARTITION_OPTIONS), when known
-    views: dict = field(default_factory=dict)  # "svd_bands" / "spatial_bands" -> (share of band 0, 1, ...)
+    views: dict = field(default_factory=dict)  # "svd_bands" / "spatial_bands" -> ((share of band 0, 1, ...), signature)
 
 
 @dataclass(frozen=True)
@@ -122,21 +122,48 @@ def state_from_analysis(document: dict, label: str, source: str) -> State:
 
 
 def _views(entry: dict) -> dict:
-    """The band shares of an analysis' FITMM / Prism views (the mean over images for spatial bands)."""
+    """The band shares of an analysis' FITMM / Prism views (the mean over images for spatial bands), each with
+    the options that define its bands: ``{view: (shares, signature)}``."""
     views = {}
     for view in BAND_VIEWS:
         found = entry.get(view)
         if isinstance(found, dict) and isinstance(found.get("bands"), list):
-            views[view] = tuple(band.get("energy_share") for band in found["bands"])
+            shares = tuple(band.get("energy_share") for band in found["bands"])
+            views[view] = (shares, _signature(view, found))
     return views
 
 
+def _signature(view: str, found: dict) -> dict:
+    """What must agree for two sides' bands to be the same bands (equal-count SVD bands of different p are)."""
+    if view == "spatial_bands":
+        return {"k": found.get("k"), "smooth": found.get("smooth"), "center": found.get("center")}
+    signature = {"k": found.get("k"), "rule": found.get("rule"), "energy": found.get("energy")}
+    if found.get("rule") != "equal-count":
+        signature["starts"] = found.get("starts")
+    return signature
+
+
 def view_changes(first: SetState, second: SetState, view: str) -> list | None:
-    """``[{"band", "energy_share": {before, after, delta}}]`` when both sides have the view with the same K."""
-    before, after = first.views.get(view), second.views.get(view)
-    if before is None or after is None or len(before) != len(after):
+    """``[{"band", "energy_share": {before, after, delta}}]`` when both sides have the view with the same bands."""
+    if view_mismatch(first, second, view) is not None or view not in first.views or view not in second.views:
         return None
+    (before, _), (after, _) = first.views[view], second.views[view]
     return [{"band": k, "energy_share": change(a, b)} for k, (a, b) in enumerate(zip(before, after))]
+
+
+def view_mismatch(first: SetState, second: SetState, view: str) -> str | None:
+    """Why a view cannot be compared (None when it can, or when neither side has it)."""
+    sides = [first.views.get(view), second.views.get(view)]
+    if sides == [None, None]:
+        return None
+    if None in sides:
+        return f"{view} only on the {'after' if sides[0] is None else 'before'} side, not compared"
+    (_, before), (_, after) = sides
+    if before != after:
+        differing = ", ".join(f"{name} {before.get(name)} vs {after.get(name)}" for name in sorted(set(before) | set(after))
+                              if before.get(name) != after.get(name))
+        return f"{view} not compared: the two sides' bands differ ({differing}); analyze both alike"
+    return None
 
 
 def state_from_report(report, label: str, source: str) -> State:
@@ -273,12 +300,7 @@ def compare_states(before: State, after: State, keys: list[str] | None = None) -
                          for option in PARTITION_OPTIONS if first.partition.get(option) != second.partition.get(option)]
             extra.append(f"{name}: the two sides were analysed with different options ({', '.join(differing)}): the "
                          f"bands are not comparable; analyze both alike")
-        for view in BAND_VIEWS:
-            sides = [first.views.get(view), second.views.get(view)]
-            if None not in sides and len(sides[0]) != len(sides[1]):
-                extra.append(f"{name}: {view} not compared ({len(sides[0])} bands before, {len(sides[1])} after)")
-            elif (sides[0] is None) != (sides[1] is None):
-                extra.append(f"{name}: {view} only on the {'after' if sides[0] is None else 'before'} side, not compared")
+        extra += [f"{name}: {why}" for why in (view_mismatch(first, second, view) for view in BAND_VIEWS) if why]
     return Comparison(before, after, pairs, notes + tuple(extra))
 
 
@@ -300,14 +322,14 @@ def _is_evaluation(document: dict) -> bool:
     return all(isinstance(document.get(stage), dict) and "bands" in document[stage] for stage in RUN_STAGES)
 
 
-def _run_states(folder: str, evaluation: dict, analyze_options, progress) -> list[State]:
+def _run_states(folder: str, evaluation: dict, analyze_options, progress, keys=None) -> list[State]:
     """A fine-tuning run's before and after states; analysed from its exported embeddings when present."""
     states = []
     for stage in RUN_STAGES:
         store = os.path.join(folder, exported_store(stage))
         label = f"{os.path.basename(os.path.abspath(folder))} {stage}"
         if os.path.isfile(store):
-            state = analyze_state(store, label, analyze_options, progress)
+            state = analyze_state(store, label, analyze_options, progress, keys)
             state = replace(state, source=f"{folder} ({stage})", evaluation=evaluation_summary(evaluation[stage]))
         else:
             state = state_from_evaluation(evaluation[stage], label, f"{folder} ({stage})")
@@ -315,36 +337,39 @@ def _run_states(folder: str, evaluation: dict, analyze_options, progress) -> lis
     return states
 
 
-def analyze_state(path: str, label: str, options=None, progress=None) -> State:
-    """Analyze an input (every set, all right singular vectors kept) into a state."""
+def analyze_state(path: str, label: str, options=None, progress=None, keys=None) -> State:
+    """Analyze an input (its sets ``keys``, default all; every right singular vector kept) into a state."""
     from sdetool.analysis import analyze
 
-    report = analyze(path, options=options, progress=progress, local=True, vectors=1 << 30)
+    report = analyze(path, keys=keys or None, options=options, progress=progress, local=True, vectors=1 << 30)
     return state_from_report(report, label, path)
 
 
-def open_states(path: str, analyze_options=None, progress=None) -> list[State]:
-    """The states an input holds: one for a report or embeddings, two (before, after) for a run."""
+def open_states(path: str, analyze_options=None, progress=None, keys=None) -> list[State]:
+    """The states an input holds: one for a report or embeddings, two (before, after) for a run.
+
+    ``keys`` limits what is analysed here (reports keep every set; the comparison picks).
+    """
     label = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
     if os.path.isdir(path):
         evaluation = os.path.join(path, "eval.json")
         if not os.path.isfile(evaluation):
             raise BadInputError(f"{path}: a folder without eval.json; expected a finished fine-tuning run folder")
-        return _run_states(path, read_json(evaluation), analyze_options, progress)
+        return _run_states(path, read_json(evaluation), analyze_options, progress, keys)
     if path.lower().endswith(".json"):
         if not os.path.isfile(path):
             raise BadInputError(f"{path}: no such file")
         document = read_json(path)
         if _is_evaluation(document):
-            return _run_states(os.path.dirname(path) or ".", document, analyze_options, progress)
+            return _run_states(os.path.dirname(path) or ".", document, analyze_options, progress, keys)
         if document.get("schema") == "sdetool.finetune/1" and _is_evaluation(document.get("evaluation") or {}):
             folder = document.get("out") if os.path.isdir(document.get("out") or "") else os.path.dirname(path) or "."
-            return _run_states(folder, document["evaluation"], analyze_options, progress)
+            return _run_states(folder, document["evaluation"], analyze_options, progress, keys)
         if str(document.get("schema", "")).startswith("sdetool.analysis/"):
             return [state_from_analysis(document, label, path)]
         raise BadInputError(f"{path}: expected an analysis report (sdetool analyze --json) or a fine-tuning run's "
                             f"eval.json; found schema {document.get('schema')!r}")
-    return [analyze_state(path, label, analyze_options, progress)]
+    return [analyze_state(path, label, analyze_options, progress, keys)]
 
 
 def compare(inputs: list[str], keys: list[str] | None = None, analyze_options=None, progress=None) -> Comparison:
@@ -357,7 +382,7 @@ def compare(inputs: list[str], keys: list[str] | None = None, analyze_options=No
     if len(inputs) == 1 and not (os.path.isdir(inputs[0]) or inputs[0].lower().endswith(".json")):
         raise BadInputError(f"{inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
                             f"two inputs to compare reports or stores")
-    states = [open_states(path, analyze_options, progress) for path in inputs]
+    states = [open_states(path, analyze_options, progress, keys) for path in inputs]
     if len(inputs) == 1:
         if len(states[0]) != 2:
             raise BadInputError(f"{inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "

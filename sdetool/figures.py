@@ -112,10 +112,12 @@ def token_series(paths: list[str], options: PlotOptions, progress=None) -> list[
             raise BadInputError(f"{path}: no spatial bands; analyze a store written with extract --tokens with "
                                 f"--spatial-bands K (or give the store here)")
         series += [(_stem(path) if len(found) == 1 else f"{_stem(path)} {key}", view) for key, view in found.items()]
-    counts = {len(view["bands"]) for _, view in series}
-    if len(counts) > 1:
-        raise BadInputError(f"the inputs have different numbers of spatial bands ({', '.join(map(str, sorted(counts)))}); "
-                            f"analyze them with the same --spatial-bands K")
+    kinds = {(len(view["bands"]), view.get("smooth"), view.get("center")) for _, view in series}
+    if len(kinds) > 1:
+        shown = "; ".join(f"K {k}, {'smooth' if smooth else 'hard'}, centre {center}" for k, smooth, center in sorted(
+            kinds, key=str))
+        raise BadInputError(f"the inputs' spatial bands differ ({shown}); analyze them with the same --spatial-bands K, "
+                            f"--smooth and --spatial-center")
     return series
 
 

@@ -50,13 +50,17 @@ def write_csv(frame, path: str) -> None:
 
 
 def write_npz(arrays: dict, path: str) -> None:
-    """Named arrays as an uncompressed ``.npz``, atomically."""
+    """Named arrays as an uncompressed ``.npz`` (any names, even ``file``), atomically."""
+    import zipfile
+
     import numpy as np
 
     from sdetool.store import atomic_path
 
-    with atomic_path(path) as temp, open(temp, "wb") as handle:
-        np.savez(handle, **arrays)
+    with atomic_path(path) as temp, zipfile.ZipFile(temp, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
 
 
 def _fmt(value, digits: int = 4) -> str:

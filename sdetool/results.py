@@ -210,6 +210,17 @@ class AnalysisReport:
             "sdetool_version": __version__,
         }
 
+    def split_arrays(self) -> dict:
+        """``--split-image``: per set with token grids, ``<key>`` (K, h, w, c) components and ``<key>_offset`` (c,)
+        what the centring subtracted (components summed plus the offset give the stored grid)."""
+        arrays = {}
+        for key, result in self.sets.items():
+            view = result.spatial_bands
+            if view is not None and view.split is not None:
+                arrays[key] = view.split
+                arrays[f"{key}_offset"] = view.split_offset
+        return arrays
+
     def to_frame(self):
         """The per-component tables of every set, stacked."""
         import pandas as pd
@@ -242,7 +253,7 @@ def report_paths() -> dict:
                                           "energy_share_min", "energy_share_max", "energy_share_pooled",
                                           "white_noise_share"])},
             **dict.fromkeys(["k", "smooth", "center", "frequency", "grid", "channels", "n_images", "empty_images",
-                             "dc_share", "channel_mean_norm", "source"]),
+                             "dc_share", "channel_mean_norm", "source", "dropped_nonfinite"]),
             "split": {"image": None, "component_energy": None},
         },
         "options": {ANY: None},

@@ -39,6 +39,8 @@ class SpatialOptions:
         0-based image whose iterative band split is returned as arrays.
     block_images : int or None
         Images per streamed block (default: about 32 MiB of float32).
+    drop_nonfinite : bool
+        Leave out grids holding NaN or Inf instead of refusing the input.
     """
 
     bands: int
@@ -46,6 +48,7 @@ class SpatialOptions:
     center: str = "channel"
     split_image: int | None = None
     block_images: int | None = None
+    drop_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if self.bands < 1:
@@ -76,7 +79,9 @@ class SpatialBands:
         The shares of a spatially white grid (the bands' fractions of the frequency bins): the reference
         a share is read against, since equal-width radial bands hold unequal numbers of bins.
     split : ndarray of shape (K, h, w, c), or None
-        The iterative band split of ``options.split_image``.
+        The iterative band split of ``options.split_image``'s centred grid.
+    split_offset : ndarray of shape (c,), or None
+        What the centring subtracted from that grid: ``split.sum(axis=0) + split_offset`` is the stored grid.
     """
 
     options: SpatialOptions
@@ -90,6 +95,8 @@ class SpatialBands:
     white_shares: np.ndarray
     channel_mean_norm: float | None = None
     split: np.ndarray | None = None
+    split_offset: np.ndarray | None = None
+    dropped_nonfinite: int = 0
 
     def edges(self) -> list[float]:
         return [k / self.options.bands for k in range(self.options.bands + 1)]
@@ -119,6 +126,7 @@ class SpatialBands:
             "channels": self.channels,
             "n_images": self.n_images,
             "empty_images": self.empty_images,
+            "dropped_nonfinite": self.dropped_nonfinite,
             "dc_share": _clean(self.dc_share),
             "channel_mean_norm": _clean(self.channel_mean_norm),
             "source": self.sources[0] if len(self.sources) == 1 else list(self.sources),
@@ -127,27 +135,43 @@ class SpatialBands:
 
 
 def token_sources(shards, key: str) -> list | None:
-    """The token datasets of a set's shards, or None when the set has none (raises when only some do)."""
-    from sdetool.store import H5Matrix, open_tokens
+    """The token datasets of a set's shards, or None when the set has none (raises when only some do).
+
+    A store's set ``/<group>/embeddings`` (named by its key, or as ``file.h5:/<group>/embeddings``) has
+    its grids at ``/<group>/tokens``.
+    """
+    from sdetool.store import EMBEDDINGS, H5Matrix, open_tokens
 
     found = []
     for shard in shards:
-        in_store = isinstance(shard, H5Matrix) and shard.dataset == f"/{key}/embeddings"
-        tokens = open_tokens(shard.path, key) if in_store else None
+        suffix = "/" + EMBEDDINGS
+        in_store = isinstance(shard, H5Matrix) and shard.dataset.endswith(suffix)
+        tokens = open_tokens(shard.path, shard.dataset[: -len(suffix)].strip("/")) if in_store else None
         if tokens is not None and tokens.shape[0] != shard.shape[0]:
-            raise BadInputError(f"{shard.path}: /{key}/tokens has {tokens.shape[0]} grids for {shard.shape[0]} "
-                                f"embeddings; {REEXTRACT}")
+            raise BadInputError(f"{tokens.label} has {tokens.shape[0]} grids for {shard.shape[0]} embeddings; "
+                                f"{REEXTRACT}")
         found.append(tokens)
     if all(t is None for t in found):
         return None
     missing = [s.label for s, t in zip(shards, found) if t is None]
     if missing:
-        missing = missing[0]
-        raise BadInputError(f"--spatial-bands: {missing} has no token grids; {REEXTRACT}")
+        raise BadInputError(f"--spatial-bands: {missing[0]} has no token grids; {REEXTRACT}")
     grids = {tuple(t.shape[1:]) for t in found}
     if len(grids) > 1:
         raise BadInputError(f"--spatial-bands: the shards' token grids differ in shape: {sorted(grids)}")
     return found
+
+
+def check_sources(sources, options: SpatialOptions, label: str) -> None:
+    """Refuse, before any work, a K the grid does not allow (naming the limit) or a split image out of range."""
+    n_images = sum(s.shape[0] for s in sources)
+    height, width = sources[0].shape[1:3]
+    limit = bands.max_spatial_bands(height, width)
+    if options.bands > limit:
+        raise BadInputError(f"--spatial-bands {options.bands}: a {height} x {width} token grid allows at most {limit} "
+                            f"equal-width radial bands (more would leave a band without any frequency)")
+    if options.split_image is not None and options.split_image >= n_images:
+        raise BadInputError(f"--split-image {options.split_image}: {label} has {n_images} images (0-based index)")
 
 
 def _blocks(sources, block_images: int):
@@ -161,27 +185,41 @@ def _blocks(sources, block_images: int):
         offset += source.shape[0]
 
 
-def _widen(grids: np.ndarray, first: int, label: str) -> np.ndarray:
+def _widen(grids: np.ndarray, first: int, label: str, drop: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 (float64 stays) grids, without the non-finite ones when ``drop``; and the mask of those kept."""
     grids = grids if grids.dtype == np.float64 else grids.astype(np.float32)
     finite = np.isfinite(grids).all(axis=(1, 2, 3))
-    if not finite.all():
+    if finite.all():
+        return grids, finite
+    if not drop:
         raise BadInputError(f"{label}: the token grid of 0-based image {first + int(np.argmin(finite))} holds NaN or "
-                            f"Inf (float16 overflow?); re-extract without --store-dtype float16")
-    return grids
+                            f"Inf; --drop-nonfinite leaves such grids out")
+    return grids[finite], finite
 
 
-def _channel_mean(sources, block_images: int, progress, label: str) -> np.ndarray:
+def _channel_mean(sources, block_images: int, options: SpatialOptions, progress, label: str) -> np.ndarray:
     total, count = 0.0, 0
     progress.start(f"{label} (channel means)", sum(s.shape[0] for s in sources))
     try:
         for first, grids in prefetch(_blocks(sources, block_images)):
-            grids = _widen(grids, first, label)
+            scanned = grids.shape[0]
+            grids, _ = _widen(grids, first, label, options.drop_nonfinite)
             total = total + grids.sum(axis=(0, 1, 2), dtype=np.float64)
             count += grids.shape[0] * grids.shape[1] * grids.shape[2]
-            progress.advance(grids.shape[0])
+            progress.advance(scanned)
     finally:
         progress.finish()
-    return total / count
+    return total / max(count, 1)
+
+
+def _split(grids: np.ndarray, kept: np.ndarray, first: int, options: SpatialOptions, label: str):
+    """The split of ``options.split_image`` when it falls in this block (None otherwise)."""
+    index = options.split_image
+    if index is None or not first <= index < first + kept.size:
+        return None
+    if not kept[index - first]:
+        raise BadInputError(f"--split-image {index}: the token grid of that image in {label} holds NaN or Inf")
+    return bands.split_bands(grids[int(kept[: index - first].sum())], options.bands, options.smooth)
 
 
 def spatial_bands(sources, options: SpatialOptions, progress, label: str) -> SpatialBands:
@@ -191,42 +229,57 @@ def spatial_bands(sources, options: SpatialOptions, progress, label: str) -> Spa
     ------
     BadInputError
         ``K`` larger than the grid allows (the message gives the limit), ``split_image`` out of range,
-        non-finite grids.
+        non-finite grids (unless ``options.drop_nonfinite``).
     """
+    check_sources(sources, options, label)
     n_images = sum(s.shape[0] for s in sources)
     height, width, channels = sources[0].shape[1:]
-    limit = bands.max_spatial_bands(height, width)
-    if options.bands > limit:
-        raise BadInputError(f"--spatial-bands {options.bands}: a {height} x {width} token grid allows at most {limit} "
-                            f"equal-width radial bands (more would leave a band without any frequency)")
-    if options.split_image is not None and options.split_image >= n_images:
-        raise BadInputError(f"--split-image {options.split_image}: {label} has {n_images} images (0-based index)")
     block = options.block_images or max(1, _BLOCK_BYTES // (4 * height * width * channels))
-    mean = _channel_mean(sources, block, progress, label) if options.center == "channel" else None
+    mean = _channel_mean(sources, block, options, progress, label) if options.center == "channel" else None
     weights = bands.band_weights(height, width, options.bands, options.smooth)
     statistics = bands.ShareStatistics(options.bands)
-    dc_total, split = 0.0, None
+    dc_total, split, dropped = 0.0, None, 0
     progress.start(label, n_images)
     try:
-        for first, grids in prefetch(_blocks(sources, block)):
-            grids = _centred(_widen(grids, first, label), options.center, mean)
+        for first, raw in prefetch(_blocks(sources, block)):
+            grids, kept = _widen(raw, first, label, options.drop_nonfinite)
+            dropped += int(kept.size - kept.sum())
+            grids = _centred(grids, options.center, mean)
             energies = bands.band_energies(grids, weights)
             statistics.update(energies)
             dc = np.square(grids.sum(axis=(1, 2), dtype=np.float64)).sum(axis=1) / (height * width)
             totals = energies.sum(axis=1)
             dc_total += float(np.sum(dc[totals > 0] / totals[totals > 0]))
-            if options.split_image is not None and first <= options.split_image < first + grids.shape[0]:
-                split = bands.split_bands(grids[options.split_image - first], options.bands, options.smooth)
-            progress.advance(grids.shape[0])
+            found = _split(grids, kept, first, options, label)
+            split = found if found is not None else split
+            progress.advance(raw.shape[0])
     finally:
         progress.finish()
+    offset = _offset(split, mean, options.center, sources, options.split_image)
     return SpatialBands(
         options=options, sources=tuple(s.path for s in sources), grid=(height, width), channels=channels,
-        n_images=n_images, empty_images=statistics.empty, shares=statistics.summary(),
+        n_images=n_images - dropped, empty_images=statistics.empty, shares=statistics.summary(),
         dc_share=dc_total / statistics.count if statistics.count else float("nan"),
         white_shares=weights.sum(axis=1) / (height * width),
-        channel_mean_norm=None if mean is None else float(np.linalg.norm(mean)), split=split,
+        channel_mean_norm=None if mean is None else float(np.linalg.norm(mean)), split=split, split_offset=offset,
+        dropped_nonfinite=dropped,
     )
+
+
+def _offset(split, mean, center: str, sources, index) -> np.ndarray | None:
+    """What centring subtracted from the split image's grid, shape (c,): the components plus it give the grid."""
+    if split is None:
+        return None
+    if center == "channel":
+        return np.asarray(mean, dtype=np.float64)
+    if center == "none":
+        return np.zeros(split.shape[-1])
+    for source in sources:  # center "image": that grid's own channel means
+        if index < source.shape[0]:
+            with source.reader() as read:
+                return read(index, index + 1)[0].astype(np.float64).mean(axis=(0, 1))
+        index -= source.shape[0]
+    return None
 
 
 def _centred(grids: np.ndarray, center: str, mean: np.ndarray | None) -> np.ndarray:

@@ -177,11 +177,12 @@ def test_split_image_components_sum_to_the_centred_grid(tmp_path, smooth, center
     document = _report(tmp_path, path, "--spatial-bands", 3, "--split-image", 2, "--split-out", npz,
                        "--spatial-center", center, *(["--smooth"] if smooth else []))
     with np.load(npz) as arrays:
-        assert sorted(arrays.files) == ["image"]  # the text set has no tokens
-        split = arrays["image"]
+        assert sorted(arrays.files) == ["image", "image_offset"]  # the text set has no tokens
+        split, offset = arrays["image"], arrays["image_offset"]
     ref = _reference(grids, 3, center)
-    assert split.shape == (3, 4, 6, 3)
+    assert split.shape == (3, 4, 6, 3) and offset.shape == (3,)
     assert_allclose(split.sum(axis=0), ref["centred"][2], atol=1e-5)
+    assert_allclose(split.sum(axis=0) + offset, grids[2].astype(np.float64), atol=1e-5)  # the stored grid back
     view = document["sets"]["image"]["spatial_bands"]
     assert view["split"]["image"] == 2 and document["sets"]["text"]["spatial_bands"] is None
     assert _shares(view).sum() == pytest.approx(1.0, abs=1e-9)  # smooth masks too: their squares sum to one
@@ -278,7 +279,7 @@ def test_band_starts_set_the_boundaries(tmp_path):
 @pytest.mark.parametrize("args,fragments", [
     (["--bands", "13"], ["--bands", "12", "13"]), (["--bands", "0"], ["--bands 0", ">= 1"]),
     (["--band-starts", "5,3"], ["--band-starts", "strictly increasing"]), (["--band-starts", "a,b"], ["a,b"]),
-    (["--band-starts", "0,3"], ["between 1 and 11"]), (["--band-starts", "3,12"], ["between 1 and 11"]),
+    (["--band-starts", "0,3"], ["--band-starts 0,3", "positive"]), (["--band-starts", "3,12"], ["between 1 and 11"]),
     (["--bands", "2", "--band-starts", "3"], ["--bands and --band-starts"])])
 def test_bad_svd_band_requests_are_one_line_errors(tmp_path, args, fragments):
     path = _write(tmp_path / "s.h5", {"image": (_spectrum_matrix(60, 12), None)})
@@ -468,3 +469,59 @@ def test_extract_tokens_then_spatial_bands_with_the_builtin_model(tmp_path):
     with store.open_file(str(out)) as handle:
         grids = handle["image/tokens"][()]
     assert_allclose(_shares(view), _reference(grids, 4)["mean"], rtol=1e-4, atol=1e-6)
+
+
+# --- from the review: options that cannot apply are refused, others apply ------------------------------
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--spatial-bands", "2", "--sample", "5"], "--spatial-bands with --sample"),
+    (["--smooth"], "need --spatial-bands"),
+    (["--spatial-center", "none"], "need --spatial-bands"),
+    (["--band-starts", "4,4"], "strictly increasing"),
+    (["--spatial-bands", "2", "--split-image", "0", "--split-out", "-"], "--split-out -"),
+])
+def test_options_that_cannot_apply_are_refused_before_reading(tmp_path, args, fragment):
+    missing = tmp_path / "missing.h5"  # never opened: the options are refused first
+    assert_error(invoke("analyze", missing, *args), 2, fragment)
+
+
+def test_drop_nonfinite_leaves_non_finite_grids_out(tmp_path):
+    grids = _random_grids(8, 4, 6, 2, seed=3).astype(np.float32)
+    grids[[1, 5], 0, 0, 0] = np.nan
+    path = _write(tmp_path / "nf.h5", {"image": (_rows(8), grids)})
+    assert_error(invoke("analyze", path, "--spatial-bands", 2), 2, "image 1", "--drop-nonfinite")
+    view = _report(tmp_path, path, "--spatial-bands", 2, "--drop-nonfinite", "--spatial-center", "none")["spatial_bands"]
+    keep = np.ones(8, bool)
+    keep[[1, 5]] = False
+    assert view["n_images"] == 6 and view["dropped_nonfinite"] == 2
+    assert_allclose(_shares(view), _reference(grids[keep].astype(np.float16), 2, "none")["mean"], atol=1e-6)
+    assert_error(invoke("analyze", path, "--spatial-bands", 2, "--drop-nonfinite", "--split-image", 5), 2,
+                 "--split-image 5", "NaN")
+
+
+def test_an_explicit_dataset_path_finds_its_token_grids(tmp_path):
+    grids = _checkerboards(6, 4, 4, 2)
+    path = _write(tmp_path / "s.h5", {"image": (_rows(6), grids)})
+    view = _report(tmp_path, f"{path}:/image/embeddings", "--spatial-bands", 2, "--spatial-center", "none")
+    assert_allclose(_shares(view["spatial_bands"]), [0.0, 1.0], atol=1e-6)
+
+
+def test_split_out_holds_sets_with_any_name(tmp_path):
+    path = _write(tmp_path / "s.h5", {"file": (_rows(4), _random_grids(4, 4, 4, 2))})
+    npz = tmp_path / "split.npz"
+    _report(tmp_path, path, "--spatial-bands", 2, "--split-image", 1, "--split-out", npz)
+    with np.load(npz) as arrays:
+        assert sorted(arrays.files) == ["file", "file_offset"] and arrays["file"].shape == (2, 4, 4, 2)
+
+
+def test_compare_key_analyses_only_that_set(tmp_path):
+    grids = _random_grids(12, 4, 4, 2)
+    sets = {"image": (_rows(12, d=8), grids), "text": (_rows(12, d=6, seed=4), None)}
+    first, second = _write(tmp_path / "a.h5", sets), _write(tmp_path / "b.h5", sets)
+    out = tmp_path / "cmp.json"
+    assert_ok(invoke("compare", first, second, "--key", "image", "--bands", 2, "--json", out, "-q"))
+    entry = json.loads(out.read_text())["sets"]["image"]
+    assert [band["energy_share"]["delta"] for band in entry["svd_bands"]] == [0.0, 0.0]
+    # without --key the two sets of different dimensions cannot have per-band alignment: refused, naming them
+    assert_error(invoke("compare", first, second, "--bands", 2), 2, "image", "text")

@@ -68,7 +68,7 @@ def test_band_edges_equal_count(p):
 def test_band_edges_errors():
     with pytest.raises(ValueError):
         B.band_edges(5, 0)
-    with pytest.raises(ValueError, match="components 5"):
+    with pytest.raises(ValueError, match="p = 5"):
         B.band_edges(5, 7)
     for starts in ([0, 2], [2, 5], [-1], [1, 7]):
         with pytest.raises(ValueError, match="between 1 and 4"):
@@ -150,7 +150,7 @@ def test_svd_band_reconstructions_single_band_and_errors():
         B.svd_band_reconstructions(np.ones(5), 1)
     with pytest.raises(ValueError):
         B.svd_band_reconstructions(np.ones((0, 3)), 1)
-    with pytest.raises(ValueError, match="components 5"):
+    with pytest.raises(ValueError, match="p = 5"):
         B.svd_band_reconstructions(x, 6)
 
 
@@ -193,7 +193,11 @@ def test_band_alignment_matches_scipy_angles_and_short_vectors():
     short = B.band_alignment(s, va[:, :4], s, vb[:, :6], edges)  # numerical ranks 4 and 6
     assert [r.dimensions for r in short] == [3, 1, 0]
     assert short[2].subspace_overlap is None and short[2].to_dict()["subspace_distance"] is None
-    assert_allclose(short[1].subspace_overlap, np.cos(subspace_angles(va[:, 3:4], vb[:, 3:4]))[0] ** 2, rtol=1e-10)
+    # band 1 (components 3..5): A has one direction there, B all three; the overlap is A's inside B's band
+    expected = np.sum(np.cos(subspace_angles(va[:, 3:4], vb[:, 3:6])) ** 2) / 1
+    assert_allclose(short[1].subspace_overlap, expected, rtol=1e-10)
+    inside = B.band_alignment(s, va[:, :2], s, va, edges)  # A's 2 directions lie inside B's band 0 of 3
+    assert_allclose(inside[0].subspace_overlap, 1.0, rtol=1e-12)
     with pytest.raises(ValueError):
         B.band_alignment(s, va, s, vb[:-1], edges)
 

@@ -251,9 +251,9 @@ def test_cli_plot_tokens_errors_are_one_line(files):
     out = files["root"] / "never.png"
     assert_error(invoke("plot", "tokens", files["plain0"], "--out", out), 2, "no spatial bands")
     assert_error(invoke("plot", "tokens", files["mixed4"], files["mixed2"], "--out", out), 2,
-                 "different numbers of spatial bands (2, 4)")
+                 "spatial bands differ (K 2, hard, centre channel; K 4, hard, centre channel)")
     assert_error(invoke("plot", "tokens", files["mixed4"], files["mixed"], "--spatial-bands", 2, "--out", out), 2,
-                 "different numbers of spatial bands")
+                 "spatial bands differ")
     assert_error(invoke("plot", "tokens", files["plain"], "--out", out), 2, "no patch-token grids")
     assert_error(invoke("plot", "tokens", files["const4"], files["mixed4"], "--out", out, "--label", "one"), 2,
                  "--label given 1 times for 2 series")
@@ -299,8 +299,14 @@ def test_compare_reports_with_different_views_gives_null_and_a_note(files):
     document = _compare(files["mixed4"], files["mixed2"])
     entry = document["sets"]["image"]
     assert entry["spatial_bands"] is None and entry["svd_bands"] is None
-    assert "image: spatial_bands not compared (4 bands before, 2 after)" in document["notes"]
+    assert "image: spatial_bands not compared: the two sides' bands differ (k 4 vs 2); analyze both alike" in document["notes"]
     assert "image: svd_bands only on the before side, not compared" in document["notes"]
+    smooth = files["root"] / "mixed4-smooth.json"
+    assert_ok(invoke("analyze", files["mixed"], "--spatial-bands", 4, "--smooth", "--spatial-center", "none", "--json",
+                     smooth, "-q"))
+    same_k = _compare(files["mixed4"], smooth)  # same K, other masks and centring: not the same bands
+    assert same_k["sets"]["image"]["spatial_bands"] is None
+    assert any("center channel vs none" in note and "smooth False vs True" in note for note in same_k["notes"])
     other = _compare(files["plain0"], files["const4"])
     assert other["sets"]["image"]["spatial_bands"] is None
     assert "image: spatial_bands only on the after side, not compared" in other["notes"]
