@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-PURE = ["sdetool.rmt", "sdetool.spectrum", "sdetool.metrics", "sdetool.gram", "sdetool.checks", "sdetool.data.synthetic",
+PURE = ["sdetool.rmt", "sdetool.bands", "sdetool.spectrum", "sdetool.metrics", "sdetool.gram", "sdetool.checks", "sdetool.data.synthetic",
         "sdetool.checkpoint", "sdetool.data.fashion_mnist", "sdetool.data.items", "sdetool.models", "sdetool.models.base",
         "sdetool.sde", "sdetool.evaluation", "sdetool.finetune_data", "sdetool.runfolder", "sdetool.trainloop", "sdetool.batchspectrum"]
 FORBIDDEN = ["h5py", "typer", "rich", "matplotlib", "torch", "pandas"]
