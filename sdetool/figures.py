@@ -63,6 +63,16 @@ def _run_stores(path: str) -> list[tuple[str, str]] | None:
     return stores
 
 
+def _analysis_report(path: str, written_by: str) -> dict:
+    if not os.path.isfile(path):
+        raise BadInputError(f"{path}: no such file")
+    document = read_json(path)
+    if not str(document.get("schema", "")).startswith("sdetool.analysis/"):
+        raise BadInputError(f"{path}: expected an analysis report ({written_by}); found schema "
+                            f"{document.get('schema')!r}")
+    return document
+
+
 def analysis_series(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
     """``(label, analysis set document)`` per set of every input, in order."""
     from sdetool.analysis import analyze
@@ -70,13 +80,7 @@ def analysis_series(paths: list[str], options: PlotOptions, progress=None) -> li
     series = []
     for path in paths:
         if path.lower().endswith(".json") and os.path.basename(path) != "eval.json":
-            if not os.path.isfile(path):
-                raise BadInputError(f"{path}: no such file")
-            document = read_json(path)
-            if not str(document.get("schema", "")).startswith("sdetool.analysis/"):
-                raise BadInputError(f"{path}: expected an analysis report (sdetool analyze --json); found schema "
-                                    f"{document.get('schema')!r}")
-            sources = [(_stem(path), document)]
+            sources = [(_stem(path), _analysis_report(path, "sdetool analyze --json"))]
         else:
             stores = _run_stores(path) or [(_stem(path), path)]
             sources = [(label, analyze(store, keys=list(options.keys) or None, options=options.analysis,
@@ -96,12 +100,7 @@ def token_series(paths: list[str], options: PlotOptions, progress=None) -> list[
     series = []
     for path in paths:
         if path.lower().endswith(".json"):
-            if not os.path.isfile(path):
-                raise BadInputError(f"{path}: no such file")
-            document = read_json(path)
-            if not str(document.get("schema", "")).startswith("sdetool.analysis/"):
-                raise BadInputError(f"{path}: expected an analysis report (sdetool analyze --spatial-bands K --json); "
-                                    f"found schema {document.get('schema')!r}")
+            document = _analysis_report(path, "sdetool analyze --spatial-bands K --json")
         else:
             document = analyze(path, keys=list(options.keys) or None, options=analysis, progress=progress,
                                local=True).to_dict()

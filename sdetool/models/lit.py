@@ -106,7 +106,18 @@ def load_network(path: str = WEIGHTS):
     return network.eval(), metadata
 
 
-class LiTEncoder(Encoder):
+class GrayscaleImages:
+    """What the built-in image encoders share: Fashion-MNIST-style preprocessing and a token grid."""
+
+    def image_transform(self) -> GrayscaleTransform:
+        return GrayscaleTransform()
+
+    @property
+    def has_tokens(self) -> bool:
+        return True
+
+
+class LiTEncoder(GrayscaleImages, Encoder):
     """The built-in LiT model behind the :class:`Encoder` protocol."""
 
     def __init__(self, spec: str = "builtin:lit-fmnist", weights: str = WEIGHTS) -> None:
@@ -132,13 +143,6 @@ class LiTEncoder(Encoder):
         self.text_tower.to(device)
         self.device = device
         return self
-
-    def image_transform(self) -> GrayscaleTransform:
-        return GrayscaleTransform()
-
-    @property
-    def has_tokens(self) -> bool:
-        return True
 
     def encode_images(self, pixels, tokens: bool = False) -> ImageOutput:
         embeddings, grid = self.network.encode_image(pixels, tokens=tokens)

@@ -14,12 +14,12 @@ No text tower: they embed images only.
 from __future__ import annotations
 
 from sdetool.models.base import Encoder, ImageOutput
-from sdetool.models.lit import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD, GrayscaleTransform
+from sdetool.models.lit import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD, GrayscaleImages
 
 PATCHES = {"pixels-fmnist": 1, "patches-fmnist": 4}
 
 
-class PixelEncoder(Encoder):
+class PixelEncoder(GrayscaleImages, Encoder):
     """Standardised pixels as embeddings (784-d) and as a token grid of ``patch x patch`` patches."""
 
     def __init__(self, spec: str, name: str) -> None:
@@ -35,13 +35,6 @@ class PixelEncoder(Encoder):
 
     def to(self, device) -> "PixelEncoder":
         return self
-
-    def image_transform(self) -> GrayscaleTransform:
-        return GrayscaleTransform()
-
-    @property
-    def has_tokens(self) -> bool:
-        return True
 
     def encode_images(self, pixels, tokens: bool = False) -> ImageOutput:
         batch = pixels.shape[0]  # pixels: (B, 1, 28, 28)
