@@ -11,9 +11,14 @@
 >>> plot("bands", ["runs/sde"], "bands.png")                                                        # doctest: +SKIP
 >>> from sdetool.api import reproduce, ReproduceOptions
 >>> reproduce("results", ReproduceOptions(quick=True))                                               # doctest: +SKIP
+>>> report = analyze("tok.h5", ["image"], AnalysisOptions(bands=4, spatial_bands=4))                 # doctest: +SKIP
+>>> report["image"].to_dict()["spatial_bands"]["bands"][0]["energy_share"]                           # doctest: +SKIP
+>>> from sdetool.api import svd_band_reconstructions, split_bands
+>>> parts = svd_band_reconstructions(X, 4)   # (4, n, d); parts.sum(0) == X                           # doctest: +SKIP
 """
 
 from sdetool.analysis import AnalysisOptions, AnalysisReport, CrossAnalysis, Progress, SetAnalysis, analyze
+from sdetool.bands import band_energies, band_weights, split_bands, svd_band_reconstructions
 from sdetool.checks import evaluate as evaluate_checks
 from sdetool.checks import parse_check
 from sdetool.compare import Comparison, compare, compare_states
@@ -40,6 +45,8 @@ __all__ = [
     "ReproduceResult",
     "SetAnalysis",
     "analyze",
+    "band_energies",
+    "band_weights",
     "compare",
     "compare_states",
     "evaluate_checks",
@@ -50,4 +57,6 @@ __all__ = [
     "parse_check",
     "plot",
     "reproduce",
+    "split_bands",
+    "svd_band_reconstructions",
 ]
