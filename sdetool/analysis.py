@@ -354,8 +354,8 @@ def _band_edges(components: int, options: AnalysisOptions, label: str) -> np.nda
         return bands.band_edges(components, options.bands, options.band_starts)
     except ValueError as error:
         flag = "--bands" if options.band_starts is None else "--band-starts"
-        raise BadInputError(f"{flag}: {label}: {error}, the number of its singular components "
-                            f"(min(n{' - 1' if options.center else ''}, d))") from None
+        raise BadInputError(f"{flag}: {label}: {error} (p: its number of singular components, "
+                            f"min(n{' - 1' if options.center else ''}, d))") from None
 
 
 def _prepare_views(opened: dict, options: AnalysisOptions, source: str) -> dict:

@@ -427,16 +427,12 @@ def test_fail_if_reads_band_views(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["spatial_bands.bandz.0.energy_share", "svd_bands.band.0.energy_share",
-                                  "svd_bands.bandz.0.energy_share"])
+                                  "svd_bands.bandz.0.energy_share", *LEAF_TYPOS])
 def test_fail_if_typos_are_refused_before_any_work(tmp_path, path):
+    """Typos in a list's name and below a band index alike."""
     missing = tmp_path / "missing.h5"  # never opened: the check is refused first
     assert_error(invoke("analyze", missing, "--spatial-bands", 2, "--fail-if", f"{path} < 0.5", "-q"), 2,
                  "--fail-if", path)
-
-
-@pytest.mark.parametrize("path", LEAF_TYPOS)
-def test_a_leaf_typo_under_a_band_index_is_refused_before_any_work(tmp_path, path):
-    test_fail_if_typos_are_refused_before_any_work(tmp_path, path)
 
 
 def test_tables_render_every_band_view(tmp_path):
