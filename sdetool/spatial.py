@@ -212,14 +212,20 @@ def _channel_mean(sources, block_images: int, options: SpatialOptions, progress,
     return total / max(count, 1)
 
 
-def _split(grids: np.ndarray, kept: np.ndarray, first: int, options: SpatialOptions, label: str):
-    """The split of ``options.split_image`` when it falls in this block (None otherwise)."""
+def _split(stored: np.ndarray, centred: np.ndarray, kept: np.ndarray, first: int, options: SpatialOptions, label: str):
+    """``(components, offset)`` of ``options.split_image`` when it falls in this block (None otherwise).
+
+    The components split the centred grid; the offset (c,) is what the centring subtracted from the stored one.
+    """
     index = options.split_image
     if index is None or not first <= index < first + kept.size:
         return None
     if not kept[index - first]:
         raise BadInputError(f"--split-image {index}: the token grid of that image in {label} holds NaN or Inf")
-    return bands.split_bands(grids[int(kept[: index - first].sum())], options.bands, options.smooth)
+    row = int(kept[: index - first].sum())
+    grid = centred[row]
+    offset = (stored[row].astype(np.float64) - grid.astype(np.float64)).mean(axis=(0, 1))
+    return bands.split_bands(grid, options.bands, options.smooth), offset
 
 
 def spatial_bands(sources, options: SpatialOptions, progress, label: str) -> SpatialBands:
@@ -238,48 +244,30 @@ def spatial_bands(sources, options: SpatialOptions, progress, label: str) -> Spa
     mean = _channel_mean(sources, block, options, progress, label) if options.center == "channel" else None
     weights = bands.band_weights(height, width, options.bands, options.smooth)
     statistics = bands.ShareStatistics(options.bands)
-    dc_total, split, dropped = 0.0, None, 0
+    dc_total, split, dropped = 0.0, (None, None), 0
     progress.start(label, n_images)
     try:
         for first, raw in prefetch(_blocks(sources, block)):
-            grids, kept = _widen(raw, first, label, options.drop_nonfinite)
+            stored, kept = _widen(raw, first, label, options.drop_nonfinite)
             dropped += int(kept.size - kept.sum())
-            grids = _centred(grids, options.center, mean)
+            grids = _centred(stored, options.center, mean)
             energies = bands.band_energies(grids, weights)
             statistics.update(energies)
             dc = np.square(grids.sum(axis=(1, 2), dtype=np.float64)).sum(axis=1) / (height * width)
             totals = energies.sum(axis=1)
             dc_total += float(np.sum(dc[totals > 0] / totals[totals > 0]))
-            found = _split(grids, kept, first, options, label)
-            split = found if found is not None else split
+            split = _split(stored, grids, kept, first, options, label) or split
             progress.advance(raw.shape[0])
     finally:
         progress.finish()
-    offset = _offset(split, mean, options.center, sources, options.split_image)
     return SpatialBands(
         options=options, sources=tuple(s.path for s in sources), grid=(height, width), channels=channels,
         n_images=n_images - dropped, empty_images=statistics.empty, shares=statistics.summary(),
         dc_share=dc_total / statistics.count if statistics.count else float("nan"),
         white_shares=weights.sum(axis=1) / (height * width),
-        channel_mean_norm=None if mean is None else float(np.linalg.norm(mean)), split=split, split_offset=offset,
+        channel_mean_norm=None if mean is None else float(np.linalg.norm(mean)), split=split[0], split_offset=split[1],
         dropped_nonfinite=dropped,
     )
-
-
-def _offset(split, mean, center: str, sources, index) -> np.ndarray | None:
-    """What centring subtracted from the split image's grid, shape (c,): the components plus it give the grid."""
-    if split is None:
-        return None
-    if center == "channel":
-        return np.asarray(mean, dtype=np.float64)
-    if center == "none":
-        return np.zeros(split.shape[-1])
-    for source in sources:  # center "image": that grid's own channel means
-        if index < source.shape[0]:
-            with source.reader() as read:
-                return read(index, index + 1)[0].astype(np.float64).mean(axis=(0, 1))
-        index -= source.shape[0]
-    return None
 
 
 def _centred(grids: np.ndarray, center: str, mean: np.ndarray | None) -> np.ndarray:
