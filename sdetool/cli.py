@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from sdetool import __version__
 from sdetool.errors import SdetoolError, TrainingError, TrainingInterrupted
-from sdetool.progressbar import RichProgress
+from sdetool.progressbar import progress_for
 
 app = typer.Typer(
     name="sdetool",
@@ -250,7 +250,7 @@ def analyze(
     world = current_world()
     console_err = stderr_console()
     # A bar only on a terminal: in logs it would only leave blank lines behind.
-    progress = RichProgress(console_err) if not quiet and world.is_main and console_err.is_terminal else None
+    progress = progress_for(console_err, quiet, main=world.is_main)
     result = run_analysis(inputs, key, options, progress=progress)
     if not world.is_main:
         return
@@ -326,7 +326,7 @@ def extract(
     source = open_source(images=images, texts=texts, manifest_path=manifest, data=data, columns=(id_col, image_col, text_col))
     world = current_world()
     console_err = stderr_console()
-    progress = RichProgress(console_err, unit="items") if not quiet and world.is_main and console_err.is_terminal else None
+    progress = progress_for(console_err, quiet, "items", main=world.is_main)
     try:
         result = run_extract(model, source, out, options, progress=progress)
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from sdetool.cli import NoiseEstimator, Precision, StrongRule, app, fail, handles_errors, stderr_console
-from sdetool.progressbar import RichProgress
+from sdetool.progressbar import progress_for
 
 
 class Loss(str, Enum):
@@ -141,7 +141,7 @@ def finetune(
         fail("--target head trains on cached pairs (--embeddings); --images, --manifest and --data are for --target model")
     world = current_world()
     console_err = stderr_console()
-    progress = RichProgress(console_err, unit="steps") if not quiet and world.is_main and console_err.is_terminal else None
+    progress = progress_for(console_err, quiet, "steps", main=world.is_main)
     result = run_finetune(out, options, model=model, source=source, embeddings=embeddings, progress=progress)
     if not world.is_main:
         return

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from sdetool.cli import (Energy, NoiseEstimator, SpatialCenter, StrongRule, app, finish_checks, handles_errors,
                          stderr_console)
-from sdetool.progressbar import RichProgress
+from sdetool.progressbar import progress_for
 
 
 @app.command()
@@ -67,7 +67,7 @@ def compare(
                               drop_nonfinite=drop_nonfinite, bands=bands, spatial_bands=spatial_bands,
                               spatial_smooth=smooth, spatial_center=spatial_center.value)
     console_err = stderr_console()
-    progress = RichProgress(console_err) if not quiet and console_err.is_terminal else None
+    progress = progress_for(console_err, quiet)
     document = run_compare(inputs, key, options, progress).to_dict()
     outcomes = checks.evaluate(parsed_checks, document)
     if json_path:
@@ -116,7 +116,7 @@ def plot(
     from sdetool.figures import PlotOptions, plot as run_plot
 
     console_err = stderr_console()
-    progress = RichProgress(console_err) if not quiet and console_err.is_terminal else None
+    progress = progress_for(console_err, quiet)
     options = PlotOptions(keys=tuple(key or ()), labels=tuple(label or ()), loglog=loglog, title=title,
                           analysis=AnalysisOptions(drop_nonfinite=drop_nonfinite, **(
                               {"spatial_bands": spatial_bands, "spatial_smooth": smooth,
@@ -137,7 +137,7 @@ class StageReporter:
             self._console.print(f"[bold][{number}/{total}][/] {escape(text)}")
 
     def progress(self, unit: str):
-        return RichProgress(self._console, unit=unit) if not self._quiet and self._console.is_terminal else None
+        return progress_for(self._console, self._quiet, unit)
 
 
 @app.command()

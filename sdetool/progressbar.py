@@ -36,3 +36,10 @@ class RichProgress:
 
     def finish(self) -> None:
         self._bar.stop()
+
+
+def progress_for(console: Console, quiet: bool = False, unit: str = "rows", main: bool = True):
+    """The progress display of a command: a rich bar on a terminal, nothing with ``quiet`` or off rank 0."""
+    if quiet or not main:
+        return None
+    return RichProgress(console, unit=unit) if console.is_terminal else None
