@@ -2,8 +2,8 @@
 
 Three origins:
 
-- ``builtin:fashion-mnist``: the 60k train split (Debian's ``dataset-fashion-mnist``) for training and
-  the 10k test split (shipped) held out. Without the Debian package, the test split is split by id.
+- ``builtin:fashion-mnist``: the 60k train split for training and the 10k test split held out (both
+  ship with sdetool).
 - any other item source (``--images`` with captions, ``--manifest``): held-out items are those whose
   id hashes below ``eval_fraction`` (stable across runs, resumes and ranks).
 - an embedding store (``--embeddings``, ``--target head``): row ``i`` of ``image`` and ``text`` is a pair.
@@ -83,13 +83,21 @@ class PairData:
     notes: list[str] = field(default_factory=list)
 
 
-def held_out_mask(ids: list[str], fraction: float) -> np.ndarray:
-    """True for ids whose SHA-1 falls below ``fraction``: a split that does not depend on order."""
+# Cached pairs are often the held-out pairs of an item source (``--export-embeddings``, ``reproduce``):
+# splitting them again by the same hash would put every one of them on the held-out side.
+CACHED_PAIRS_SALT = "sdetool:cached-pairs:"
+
+
+def held_out_mask(ids: list[str], fraction: float, salt: str = "") -> np.ndarray:
+    """True for ids whose SHA-1 (of ``salt + id``) falls below ``fraction``: a split that does not depend on order.
+
+    Different salts give independent splits of the same ids.
+    """
     if not 0.0 < fraction < 1.0:
         raise BadInputError(f"--eval-fraction must be in (0, 1), got {fraction!r}")
     cut = int(fraction * 2**32)
-    return np.array([int.from_bytes(hashlib.sha1(i.encode("utf-8", "surrogatepass")).digest()[:4], "big") < cut
-                     for i in ids], dtype=bool)
+    return np.array([int.from_bytes(hashlib.sha1((salt + i).encode("utf-8", "surrogatepass")).digest()[:4], "big")
+                     < cut for i in ids], dtype=bool)
 
 
 def _distinct(values: list) -> tuple[list, np.ndarray]:
@@ -144,15 +152,7 @@ def builtin_pairs(name: str, eval_fraction: float = 0.1) -> PairData:
     base, _, split = name.partition(":")
     if split:
         return from_source(builtin_data(name), eval_fraction)
-    test = builtin_data(base + ":test")
-    try:
-        train = builtin_data(base + ":train")
-    except BadInputError:
-        data = from_source(test, eval_fraction)
-        data.notes.append("the Fashion-MNIST train split is not installed (apt-get install dataset-fashion-mnist): "
-                          "training and held-out pairs both come from the test split, split by id")
-        return data
-    return from_source(train, eval_source=test)
+    return from_source(builtin_data(base + ":train"), eval_source=builtin_data(base + ":test"))
 
 
 def from_store(path: str, eval_fraction: float = 0.1) -> PairData:
@@ -181,9 +181,10 @@ def from_store(path: str, eval_fraction: float = 0.1) -> PairData:
                             f"{text_ids[first]!r} in 'text'")
     ids = ids or text_ids or [f"row-{i}" for i in range(n_image)]
     _, text_rows = _distinct([row.tobytes() for row in arrays["text"]])  # equal texts have equal embeddings
-    mask = held_out_mask(ids, eval_fraction)
+    mask = held_out_mask(ids, eval_fraction, CACHED_PAIRS_SALT)
     if mask.all() or not mask.any():
-        raise BadInputError(f"--eval-fraction {eval_fraction}: leaves no training or no held-out pairs of {n_image}")
+        raise BadInputError(f"--eval-fraction {eval_fraction}: leaves {int((~mask).sum())} training and "
+                            f"{int(mask.sum())} held-out pairs of {n_image}; both must be non-empty")
 
     pairs = PairSet(ids=ids, rows=np.arange(n_image), text_rows=text_rows, image=arrays["image"], text=arrays["text"])
     digest = hashlib.sha256()
@@ -191,4 +192,4 @@ def from_store(path: str, eval_fraction: float = 0.1) -> PairData:
         digest.update(memoryview(np.ascontiguousarray(arrays[key])).cast("B"))
     digest = digest.hexdigest()
     return PairData(pairs.take(np.flatnonzero(~mask)), pairs.take(np.flatnonzero(mask)), f"{path}: {int((~mask).sum())} training / {int(mask.sum())} "
-                    f"held-out cached pairs (by id hash)", f"sha256:{digest}:eval={eval_fraction}")
+                    f"held-out cached pairs (by salted id hash)", f"sha256:{digest}:eval={eval_fraction}:split=salted")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 
@@ -163,6 +164,28 @@ def _write_manifest(folder, suffix: str, rows=ROWS) -> str:
     return path
 
 
+def test_parquet_manifest_reads_on_the_plain_install():
+    import importlib.metadata
+
+    requirements = importlib.metadata.requires("sdetool") or []
+    plain = [r for r in requirements if "extra ==" not in r]
+    assert any(r.startswith("pyarrow") for r in plain)  # a dependency, not an extra
+
+
+def test_parquet_without_an_engine_is_one_line(tmp_path, monkeypatch):
+    path = _write_manifest(tmp_path, ".parquet")
+
+    def no_engine(*args, **kwargs):
+        raise ImportError("Unable to find a usable engine; tried using: 'pyarrow', 'fastparquet'.\n"
+                          "A suitable version of pyarrow or fastparquet is required for parquet support.\n"
+                          "Trying to import the above resulted in these errors:")
+
+    monkeypatch.setattr(pd, "read_parquet", no_engine)
+    with pytest.raises(BadInputError) as caught:
+        manifest(path)
+    assert "\n" not in str(caught.value) and "needs pyarrow" in str(caught.value)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
 def test_manifest_formats_detect_columns_and_missing_texts(tmp_path, monkeypatch, suffix):
     data = tmp_path / "data"
@@ -311,15 +334,28 @@ def test_builtin_fashion_mnist_test_split(fashion_test):
     assert builtin_data("fashion-mnist:test").fingerprint() == source.fingerprint()
 
 
-def test_builtin_fashion_mnist_train_split_or_its_reason():
-    files = [os.path.join(fashion_mnist.DEBIAN, name) for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")]
-    if all(os.path.exists(f) for f in files):
-        source = builtin_data("fashion-mnist:train")
-        assert len(source) == 60000 and source.ids[0] == "fashion-mnist-train-00000"
-        assert source.location == "builtin:fashion-mnist:train"
-    else:
-        with pytest.raises(BadInputError, match="dataset-fashion-mnist"):
-            builtin_data("fashion-mnist:train")
+def test_builtin_fashion_mnist_train_split_ships_with_sdetool():
+    source = builtin_data("fashion-mnist:train")
+    assert len(source) == 60000 and source.ids[0] == "fashion-mnist-train-00000"
+    assert source.location == "builtin:fashion-mnist:train"
+    assert source.origin == fashion_mnist.PACKAGED
+    counts = np.bincount(source.labels, minlength=10)
+    assert counts.tolist() == [6000] * 10  # Fashion-MNIST's train split is balanced
+
+
+def test_fashion_mnist_refuses_a_damaged_shipped_file(tmp_path, monkeypatch):
+    damaged = tmp_path / "fashion_mnist"
+    damaged.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (damaged / name).write_bytes(open(os.path.join(fashion_mnist.PACKAGED, name), "rb").read())
+    (damaged / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(8) + bytes(10000)))
+    monkeypatch.setattr(fashion_mnist, "PACKAGED", str(damaged))
+    fashion_mnist._load_packaged.cache_clear()
+    try:
+        with pytest.raises(BadInputError, match="damaged"):
+            fashion_mnist.load("test")
+    finally:
+        fashion_mnist._load_packaged.cache_clear()
 
 
 def test_unknown_builtin_data_lists_what_exists():

@@ -295,18 +295,6 @@ def test_lit_zero_shot_accuracy_matches_its_card(lit, card):
     assert accuracy == pytest.approx(card["results"]["zero_shot_accuracy_test"], abs=0.002)
 
 
-def _has_train_split() -> bool:
-    from sdetool.data.fashion_mnist import find_split
-    from sdetool.errors import BadInputError
-
-    try:
-        find_split("train")
-    except BadInputError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_train_split(), reason="Fashion-MNIST train split needs Debian's dataset-fashion-mnist")
 def test_lit_short_training_run_learns():
     from sdetool.models.train_lit import Recipe, train
 

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 
+import hidden_paths
 import numpy as np
 import pytest
 
@@ -29,7 +30,7 @@ from sdetool.errors import BadInputError
 from sdetool.reproduce import FIGURES, LAYOUT, LOSSES, MARKER, SCHEMA, ReproduceOptions, add_isotropic_noise
 
 BANDS = ("strong", "weak", "noise")
-FLAGS = ("--steps", "3", "--head-steps", "5")
+FLAGS = ("--quick", "--steps", "3", "--head-steps", "5")  # the main job's --quick path, shortened
 COMPARISONS = ("sde", "infonce", "sde-vs-infonce", "noisy-sde", "noisy-infonce")
 RUNS = ("sde", "infonce", "noisy-sde", "noisy-infonce")
 STEPS = ("extract before", "analyze before", "finetune sde", "finetune infonce", "extract sde", "analyze sde",
@@ -39,9 +40,12 @@ STEPS = ("extract before", "analyze before", "finetune sde", "finetune infonce",
 
 
 def _sdetool(*args, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The command line exactly as the ``sdetool`` console script runs it (``sdetool.cli:main``)."""
-    return subprocess.run([sys.executable, "-m", "sdetool", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+    """The command line as the ``sdetool`` console script runs it (``sdetool.cli:main``), on what a fresh
+    machine has: the folders only a developer's machine may hold (Debian's datasets) are hidden."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", hidden_paths.BOOT, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 def _assert_ok(process) -> subprocess.CompletedProcess:
@@ -172,12 +176,45 @@ def test_summary_is_the_json_output(results):
     options = summary["options"]
     assert options["steps"] == 3 and options["head_steps"] == 5 and options["model_steps"] == 3
     assert options["noisy_steps"] == 5 and options["noise_share"] == 0.5 and options["seed"] == 0
-    assert options["quick"] is False and options["resume"] is False and options["overwrite"] is False
+    assert options["quick"] is True and options["resume"] is False and options["overwrite"] is False
     assert list(summary["seconds"]) == list(STEPS)
     assert all(value >= 0 for value in summary["seconds"].values())
     assert summary["total_seconds"] == pytest.approx(sum(summary["seconds"].values()), abs=0.06)
     assert any(note.startswith("noisy embeddings: Gaussian noise of sigma") for note in summary["notes"])
     assert len(summary["notes"]) == len(set(summary["notes"]))
+
+
+def test_the_run_used_what_ships_with_sdetool(results):
+    """The pipeline ran with the machine-only folders hidden: the train split came from the install."""
+    out = results["out"]
+    config = _json(out, "runs", "sde", "config.json")["training"]
+    assert config["data"] == "builtin:fashion-mnist:train (train) / builtin:fashion-mnist:test (held out)"
+    before = _json(out, "runs", "sde", "eval.json")["before"]
+    assert before["pairs"] == 10000  # the whole test split is held out
+    noisy = _json(out, "runs", "noisy-sde", "eval.json")["before"]
+    assert 900 < noisy["pairs"] < 1100  # the cached pairs' own 10 % split, salted: not all on one side
+
+
+def test_hidden_paths_hide_machine_only_folders(tmp_path):
+    hidden = tmp_path / "machine-only"
+    hidden.mkdir()
+    (hidden / "file.txt").write_text("x")
+    code = ("import os, sys, hidden_paths; hidden_paths.install([sys.argv[1]]); "
+            "print(os.path.exists(sys.argv[1]), os.path.isfile(sys.argv[1] + '/file.txt'), os.path.exists(sys.argv[2]))")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
+    process = subprocess.run([sys.executable, "-c", code, str(hidden), str(tmp_path)], capture_output=True, text=True,
+                             env=env, check=True)
+    assert process.stdout.split() == ["False", "False", "True"]
+
+
+def test_no_module_reads_outside_the_install():
+    """No sdetool module names a machine folder a fresh install lacks."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "sdetool")
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if name.endswith(".py"):
+                text = _text(folder, name)
+                assert not any(prefix in text for prefix in hidden_paths.MACHINE_ONLY), os.path.join(folder, name)
 
 
 def test_comparisons_are_the_compare_files(results):
@@ -333,7 +370,7 @@ def test_readme_shows_the_numbers_of_the_files(results):
                 f"{100 * evaluations['infonce']['after']['zero_shot_accuracy']:.2f}% after InfoNCE.")
     assert accuracy in readme
     assert "fine-tuned for 3 steps" in readme and "for 5 steps with each loss" in readme
-    assert f"`sdetool reproduce --out {out} --steps 3 --head-steps 5`" in readme
+    assert f"`sdetool reproduce --out {out} --quick --steps 3 --head-steps 5`" in readme
 
 
 def test_readme_noisy_section_shows_the_noisy_comparisons(results):

@@ -1,15 +1,18 @@
 """Fashion-MNIST (Zalando, MIT): IDX reader, class names and the caption templates of the built-in model.
 
-The 10k test split ships inside the package (``sdetool/data/fashion_mnist/``, with its licence);
-the 60k train split is read from Debian's ``dataset-fashion-mnist`` package when it is installed
-(``/usr/share/datasets/fashion-mnist/``). Pure: numpy and the standard library only.
+Both splits ship inside the package (``sdetool/data/fashion_mnist/``, with their licence): the 60k
+train split (26 MB gzipped) trains the built-in model and ``finetune``'s default run, the 10k test
+split is held out. Nothing is read from outside the install, so a fresh ``pip install`` is enough.
+Every file is checked against its SHA-256 when it is read. Pure: numpy and the standard library only.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -33,9 +36,15 @@ TEMPLATES = (
     "a product photo of {}.",
 )
 PACKAGED = os.path.join(os.path.dirname(__file__), "fashion_mnist")
-DEBIAN = "/usr/share/datasets/fashion-mnist"
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+# SHA-256 of the shipped files (Zalando's originals, as Debian's dataset-fashion-mnist carries them).
+SHA256 = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
 
 
 @dataclass(frozen=True)
@@ -54,11 +63,14 @@ class FashionMNIST:
 
 def read_idx(path: str) -> np.ndarray:
     """Read a (gzipped) IDX file of unsigned bytes into an array of the shape its header gives."""
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rb") as handle:
+        with open(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as error:
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(PACKAGED):
+            verify(path, raw)
+        if path.endswith(".gz"):
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise BadInputError(f"{path}: cannot read IDX file: {error}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise BadInputError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
@@ -72,21 +84,39 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def find_split(split: str) -> str:
-    """Folder holding ``split``: Debian's package first, then the copy inside sdetool (test only)."""
+    """Folder holding ``split``: the copy inside sdetool (both splits ship with it)."""
     if split not in _FILES:
         raise BadInputError(f"fashion-mnist split must be 'train' or 'test', got {split!r}")
-    for folder in (DEBIAN, PACKAGED):
-        if all(os.path.exists(os.path.join(folder, name)) for name in _FILES[split]):
-            return folder
-    raise BadInputError(
-        f"fashion-mnist {split} split not found in {DEBIAN} (install Debian's dataset-fashion-mnist package); "
-        "only the test split ships with sdetool"
-    )
+    missing = [name for name in _FILES[split] if not os.path.isfile(os.path.join(PACKAGED, name))]
+    if missing:
+        raise BadInputError(f"fashion-mnist {split} split: {', '.join(missing)} missing from {PACKAGED}; the sdetool "
+                            "install is incomplete (reinstall it: pip install --force-reinstall sdetool)")
+    return PACKAGED
+
+
+def verify(path: str, raw: bytes) -> None:
+    """Refuse a shipped file whose SHA-256 is not the recorded one (a damaged install)."""
+    expected = SHA256.get(os.path.basename(path))
+    if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
+        raise BadInputError(f"{path}: damaged (its SHA-256 is not Fashion-MNIST's); reinstall sdetool")
 
 
 def load(split: str = "test", folder: str | None = None) -> FashionMNIST:
-    """Load a split of Fashion-MNIST from ``folder`` (default: :func:`find_split`)."""
-    folder = folder or find_split(split)
+    """Load a split of Fashion-MNIST from ``folder`` (default: the copy shipped with sdetool).
+
+    The shipped splits are read once per process (the arrays are read-only and shared).
+    """
+    if folder is None:
+        return _load_packaged(split)
+    return _load(split, folder)
+
+
+@lru_cache(maxsize=2)
+def _load_packaged(split: str) -> FashionMNIST:
+    return _load(split, find_split(split))
+
+
+def _load(split: str, folder: str) -> FashionMNIST:
     image_file, label_file = (os.path.join(folder, name) for name in _FILES[split])
     images = read_idx(image_file)
     labels = read_idx(label_file).astype(np.int64)

@@ -22,7 +22,7 @@ CAPTIONS_FILE = "captions.jsonl"
 IMAGE_COLUMNS = ("image", "path", "file", "filepath", "image_path", "filename")
 TEXT_COLUMNS = ("text", "caption", "sentence", "title")
 BUILTIN_DATA = {"fashion-mnist": "Fashion-MNIST test split (10k 28x28 images, paired captions); "
-                                 "builtin:fashion-mnist:train for the 60k train split (Debian package)"}
+                                 "builtin:fashion-mnist:train for the 60k train split (both ship with sdetool)"}
 DEFAULT_DATA = "builtin:fashion-mnist"
 
 
@@ -277,8 +277,9 @@ def _read_table(path: str):
             return pd.read_json(path, lines=True, dtype=False)
         if lower.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
-    except ImportError as error:
-        raise BadInputError(f"--manifest {path}: reading Parquet needs pyarrow ({error})") from None
+    except ImportError:  # pyarrow is a dependency; a broken install should still get one line
+        raise BadInputError(f"--manifest {path}: reading Parquet needs pyarrow, which does not import here "
+                            "(pip install pyarrow)") from None
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
         raise BadInputError(f"--manifest {path}: cannot parse: {str(error).splitlines()[0]}") from None
     raise BadInputError(f"--manifest {path}: expected .csv, .tsv, .jsonl or .parquet")

@@ -3,7 +3,7 @@
     python -m sdetool.models.train_lit                      # the recipe of the shipped weights
     python -m sdetool.models.train_lit --out /tmp/lit.safetensors --epochs 2
 
-Data: Fashion-MNIST train (60k images; Debian's ``dataset-fashion-mnist``), each image paired with
+Data: Fashion-MNIST train (60k images, shipped with sdetool), each image paired with
 its class phrase in a template drawn at random every step (``fashion_mnist.TEMPLATES``). The text
 tower's features of the 60 distinct captions are computed once; only the CNN, both projections and
 the temperature train. Loss: symmetric contrastive cross-entropy in which every caption of the
