@@ -232,6 +232,8 @@ def _singular_values(state: GramState, options: AnalysisOptions, rank: int) -> t
     ``4 sqrt(eps d) s_1`` through the float64 Gram (its eigenvalues carry ``eps d s_1^2`` errors).
     """
     eps = np.finfo(np.float64).eps
+    if rank == 0:  # one centred row (or none left): no components
+        return np.zeros(0), 0.0
     if _direct(state):
         values = spectrum.singular_values_direct(_centred_rows(state, options))[:rank]
         return values, 4.0 * eps * max(state.rows.shape) * float(values[0])
@@ -240,6 +242,8 @@ def _singular_values(state: GramState, options: AnalysisOptions, rank: int) -> t
 
 
 def _top_vectors(state: GramState, options: AnalysisOptions, k: int) -> np.ndarray:
+    if k == 0:  # numerical rank 0: no direction
+        return np.zeros((state.dim, 0))
     if _direct(state):
         return spectrum.top_right_singular_vectors_direct(_centred_rows(state, options), k)
     return spectrum.top_right_singular_vectors(state.gram(options.center), k)
@@ -252,9 +256,6 @@ def _check_usable(state: GramState, options: AnalysisOptions, label: str) -> Non
             f"{label}: {rows} NaN or Inf (the first at 0-based row {state.first_nonfinite}); "
             f"--drop-nonfinite analyzes the other rows"
         )
-    if state.n < 2:
-        dropped = f" after dropping {state.nonfinite_rows} non-finite rows" if state.nonfinite_rows else ""
-        raise BadInputError(f"{label}: has {state.n} usable rows{dropped}; at least 2 are needed")
     if not np.isfinite(state.scatter).all():
         raise BadInputError(f"{label}: the float64 Gram overflowed (entries near 1e154 or larger); rescale the rows")
 
@@ -262,24 +263,29 @@ def _check_usable(state: GramState, options: AnalysisOptions, label: str) -> Non
 def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", vectors: int = 0):
     """Spectrum, partition and metrics of accumulated statistics.
 
+    Fewer than 2 rows, or a spectrum of numerical rank 0 or 1, give a degenerate partition (see
+    :func:`sdetool.spectrum.degenerate_partition`) and null metrics where they are undefined.
+
     Returns
     -------
     partition : SpectralPartition
     metrics : dict
     top_vectors : ndarray of shape (d, k), or None
-        ``k = min(vectors, numerical rank)``; None when ``vectors`` is 0.
+        ``k = min(vectors, numerical rank)`` (0 for numerical rank 0); None when ``vectors`` is 0.
     """
     _check_usable(state, options, label)
-    n_effective = state.n - 1 if options.center else state.n
+    n_effective = max(state.n - 1, 0) if options.center else state.n
     rank = min(n_effective, state.dim)
     values, floor = _singular_values(state, options, rank)
     entries = None
-    if options.noise_estimator == "iqr":
+    if options.noise_estimator == "iqr" and state.entry_sample is not None:
         entries = state.entry_sample - state.mean if options.center else state.entry_sample
     try:
         part = spectrum.partition_spectrum(values, n_effective, state.dim, options.partition_options(), entries, floor)
     except ValueError as error:
         raise BadInputError(f"{label}: {error}") from None
+    if part.numerical_rank < 2:  # a collapsed spectrum: rounding error below the floor must not count as rank
+        values = _resolved(part)
     alpha, r2 = metrics.power_law_alpha(values, options.alpha_window)
     window = [options.alpha_window[0], min(options.alpha_window[1], rank)]
     scores = {
@@ -297,24 +303,46 @@ def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", ve
 
 
 def cross_analysis(first: SetAnalysis, second: SetAnalysis, top_k: int) -> CrossAnalysis:
-    """Hellinger spectral distance always; subspace overlap and modality gap when dimensions match."""
+    """Hellinger spectral distance always; subspace overlap and modality gap when dimensions match.
+
+    What a degenerate set leaves undefined is None, and ``note`` says why: the Hellinger distance of a
+    set without spectral energy (numerical rank 0), the overlap of a set without any direction, the
+    modality gap of a set whose rows are all zero (no unit rows).
+    """
     paired = first.n_samples == second.n_samples
-    hellinger = metrics.hellinger_spectral_distance(first.singular_values, second.singular_values)
+    empty = [s.key for s in (first, second) if s.partition.numerical_rank == 0]
+    hellinger = float("nan") if empty else metrics.hellinger_spectral_distance(first.singular_values,
+                                                                                 second.singular_values)
+    notes = [f"{_names(empty)} no spectral energy (numerical rank 0): hellinger is null"] if empty else []
     if first.dim != second.dim:
-        return CrossAnalysis(first.key, second.key, paired, hellinger,
-                             note=f"dimensions differ ({first.dim} vs {second.dim}): no subspace overlap or gap")
-    overlap = angles = None
-    k = None
+        notes.insert(0, f"dimensions differ ({first.dim} vs {second.dim}): no subspace overlap or gap")
+        return CrossAnalysis(first.key, second.key, paired, hellinger, note="; ".join(notes))
+    if not paired:
+        notes.insert(0, f"row counts differ ({first.n_samples} vs {second.n_samples}): rows are not paired")
+    overlap = angles = k = None
     if first.top_vectors is not None and second.top_vectors is not None:
         k = min(top_k, first.top_vectors.shape[1], second.top_vectors.shape[1])
-        overlap, angles = metrics.subspace_overlap(first.top_vectors[:, :k], second.top_vectors[:, :k])
-    gap = metrics.modality_gap(first.unit_mean, second.unit_mean)
-    note = None if paired else f"row counts differ ({first.n_samples} vs {second.n_samples}): rows are not paired"
+        if k:
+            overlap, angles = metrics.subspace_overlap(first.top_vectors[:, :k], second.top_vectors[:, :k])
+        else:
+            flat = [s.key for s in (first, second) if s.top_vectors.shape[1] == 0]
+            notes.append(f"{_names(flat)} no singular direction: subspace_overlap is null")
+    pointless = [s.key for s in (first, second) if s.n_samples == s.zero_rows]
+    gap = None if pointless else metrics.modality_gap(first.unit_mean, second.unit_mean)
+    if pointless:
+        notes.append(f"{_names(pointless, 'only zero rows')} (no unit rows to average): modality_gap is null")
     aligned = None
     if first.svd_bands is not None and second.svd_bands is not None:
         aligned = bands.band_alignment(_resolved(first.partition), first.top_vectors, _resolved(second.partition),
                                        second.top_vectors, _edges(first.svd_bands))
-    return CrossAnalysis(first.key, second.key, paired, hellinger, k, overlap, angles, gap, note, aligned)
+    return CrossAnalysis(first.key, second.key, paired, hellinger, k, overlap, angles, gap,
+                         "; ".join(notes) or None, aligned)
+
+
+def _names(keys: list, what: str = "") -> str:
+    """``image has`` / ``image and text have`` (followed by ``what`` when given)."""
+    subject = " and ".join(keys) + (" has" if len(keys) == 1 else " have")
+    return f"{subject} {what}" if what else subject
 
 
 def _resolved(part: spectrum.SpectralPartition) -> np.ndarray:
@@ -344,7 +372,8 @@ def _check_band_pairs(opened: dict) -> None:
 
 
 def _svd_bands(part: spectrum.SpectralPartition, options: AnalysisOptions, label: str):
-    if options.bands is None and options.band_starts is None:
+    """The FITMM bands of ``--bands`` / ``--band-starts``; None without them or without any component."""
+    if (options.bands is None and options.band_starts is None) or part.singular_values.size == 0:
         return None
     return bands.svd_bands(_resolved(part), _band_edges(part.singular_values.size, options, label), options.energy)
 
@@ -365,7 +394,9 @@ def _prepare_views(opened: dict, options: AnalysisOptions, source: str) -> dict:
             _check_band_pairs(opened)
         for key, shards in opened.items():
             rows = min(sum(s.shape[0] for s in shards), options.sample or 1 << 62)
-            _band_edges(min(rows - int(options.center), shards[0].shape[1]), options, key)
+            components = min(rows - int(options.center), shards[0].shape[1])
+            if components > 0:  # a set without components (one centred row) reports null bands instead
+                _band_edges(components, options, key)
     spatial_options = options.spatial_options()
     if spatial_options is None:
         return {}
@@ -437,8 +468,8 @@ def analyze(
         dim = shards[0].shape[1]
         n_rows = int(sum(s.shape[0] for s in shards))
         label = shards[0].label if len(shards) == 1 else f"{key} ({len(shards)} shards)"
-        if n_rows < 2:
-            raise BadInputError(f"{label}: has n = {n_rows} rows; at least 2 are needed")
+        if n_rows < 1:
+            raise BadInputError(f"{label}: has n = 0 rows; there is nothing to analyze")
         n_selected = min(n_rows, options.sample or n_rows)
         keep_rows = n_selected <= dim and not world.distributed  # small: a direct SVD on the host
         device = "cpu" if keep_rows else resolve_device(options.device, n_selected, dim)

@@ -98,6 +98,12 @@ def svd_bands(singular_values, edges, energy: str = "power") -> tuple[SvdBand, .
         From :func:`band_edges`.
     energy : {"power", "amplitude"}
         Shares of ``sum s^2`` or of ``sum s``.
+
+    Returns
+    -------
+    tuple of SvdBand
+        A band without energy has a NaN effective rank (no distribution inside it); every share is NaN
+        when the whole spectrum has no energy (0 / 0).
     """
     if energy not in ("power", "amplitude"):
         raise ValueError(f"energy must be 'power' or 'amplitude', got {energy!r}")
@@ -108,8 +114,8 @@ def svd_bands(singular_values, edges, energy: str = "power") -> tuple[SvdBand, .
     for index, (start, stop) in enumerate(zip(edges[:-1], edges[1:])):
         inside = values[start:stop]
         share = float(weights[start:stop].sum() / total) if total > 0 else float("nan")
-        result.append(SvdBand(index, int(start), int(stop) - 1, share, metrics.effective_rank(inside),
-                              float(inside[0]), float(inside[-1])))
+        rank = metrics.effective_rank(inside) if inside.sum() > 0 else float("nan")
+        result.append(SvdBand(index, int(start), int(stop) - 1, share, rank, float(inside[0]), float(inside[-1])))
     return tuple(result)
 
 

@@ -125,6 +125,9 @@ class BandTracker:
 
     The partition itself is :func:`sdetool.spectrum.partition_spectrum`, the code ``analyze`` runs.
     Values below ``floor_ratio * s_1`` are numerically zero (float32 Gram) and go to the noise band.
+    A batch whose partition is degenerate (fewer than two nonzero values, or no noise bulk for
+    ``mppca``) leaves the smoothed edge and threshold as they were; before any usable batch every
+    component is noise.
     """
 
     def __init__(self, options: spectrum.PartitionOptions, momentum: float = 0.9, floor_ratio: float = 1e-3) -> None:
@@ -139,11 +142,8 @@ class BandTracker:
         values = np.asarray(singular_values, dtype=np.float64)
         floor = self.floor_ratio * float(values[0]) if values.size else 0.0
         kept = values[:min(n - 1, d)]  # centring removes one dimension, as in analyze
-        try:
-            part = spectrum.partition_spectrum(kept, max(n - 1, 2), d, self.options, floor=floor)
-        except ValueError:  # fewer than two nonzero values: nothing to estimate from this batch
-            part = None
-        if part is not None:
+        part = spectrum.partition_spectrum(kept, max(n - 1, 2), d, self.options, floor=floor)
+        if part.partitioned:  # a degenerate batch (rank < 2, no noise bulk) has no edge to smooth in
             keep = self.momentum if self.edge is not None else 0.0
             self.edge = keep * (self.edge or 0.0) + (1 - keep) * part.edge
             self.threshold = keep * (self.threshold or 0.0) + (1 - keep) * part.threshold

@@ -48,6 +48,7 @@ class SetState:
     strong_basis: np.ndarray | None = None  # (d, k_strong), orthonormal
     partition: dict | None = None  # the analysis options that shape the bands (PARTITION_OPTIONS), when known
     views: dict = field(default_factory=dict)  # "svd_bands" / "spatial_bands" -> ((share of band 0, 1, ...), signature)
+    notes: tuple = ()  # a degenerate set's analysis notes: why its null values are null
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,18 @@ def state_from_analysis(document: dict, label: str, source: str) -> State:
         options = entry.get("options") or {}
         sets[key] = SetState(bands, {name: metrics_found.get(name) for name in SET_METRICS}, entry.get("dim"),
                              partition={name: options[name] for name in PARTITION_OPTIONS if name in options} or None,
-                             views=_views(entry))
+                             views=_views(entry), notes=_degenerate_notes(entry))
     cross = {name: {metric: pair.get(metric) for metric in CROSS_METRICS}
              for name, pair in (document.get("cross") or {}).items()}
     return State(label, source, sets, cross)
+
+
+def _degenerate_notes(entry: dict) -> tuple:
+    """The notes of a set whose spectrum could not be partitioned (null noise level): why its values are null."""
+    noise = entry.get("noise")
+    if not isinstance(noise, dict) or noise.get("sigma") is not None:
+        return ()
+    return tuple(entry.get("notes") or ([noise["note"]] if noise.get("note") else []))
 
 
 def _views(entry: dict) -> dict:
@@ -301,6 +310,8 @@ def compare_states(before: State, after: State, keys: list[str] | None = None) -
             extra.append(f"{name}: the two sides were analysed with different options ({', '.join(differing)}): the "
                          f"bands are not comparable; analyze both alike")
         extra += [f"{name}: {why}" for why in (view_mismatch(first, second, view) for view in BAND_VIEWS) if why]
+        extra += [f"{name} ({side.label}): {note}" for side, state in ((before, first), (after, second))
+                  for note in state.notes]
     return Comparison(before, after, pairs, notes + tuple(extra))
 
 

@@ -16,34 +16,36 @@ import numpy as np
 
 
 def _values(singular_values) -> np.ndarray:
+    """Singular values as a float64 1-D array; empty for a matrix without components (one centred row)."""
     values = np.asarray(singular_values, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"singular_values must be a non-empty 1-D array, got shape {values.shape}")
+    if values.ndim != 1:
+        raise ValueError(f"singular_values must be a 1-D array, got shape {values.shape}")
     return values
 
 
 def effective_rank(singular_values) -> float:
     """``exp(H(p))`` with ``p_i = s_i / sum(s)``: between 1 and the number of non-zero values.
 
-    Also called RankMe when computed on the uncentred matrix. NaN for an all-zero spectrum.
+    Also called RankMe when computed on the uncentred matrix. 0 for an all-zero (or empty) spectrum:
+    a collapsed set spans no dimension at all.
     """
     values = _values(singular_values)
     total = values.sum()
     if total <= 0:
-        return float("nan")
+        return 0.0
     p = values[values > 0] / total
     return float(math.exp(-np.sum(p * np.log(p))))
 
 
 def stable_rank(singular_values) -> float:
-    """``sum(s^2) / s_1^2``."""
+    """``sum(s^2) / s_1^2``; NaN for an all-zero (or empty) spectrum (0 / 0)."""
     values = _values(singular_values)
-    top = values.max()
+    top = values.max() if values.size else 0.0
     return float(np.sum(values**2) / top**2) if top > 0 else float("nan")
 
 
 def participation_ratio(singular_values) -> float:
-    """``(sum lambda)^2 / sum lambda^2`` with ``lambda = s^2``."""
+    """``(sum lambda)^2 / sum lambda^2`` with ``lambda = s^2``; NaN for an all-zero (or empty) spectrum."""
     eigenvalues = _values(singular_values) ** 2
     denominator = np.sum(eigenvalues**2)
     return float(np.sum(eigenvalues) ** 2 / denominator) if denominator > 0 else float("nan")
@@ -91,7 +93,8 @@ def mean_cosine(unit_sum: np.ndarray, n: int) -> float:
 def hellinger_spectral_distance(values_a, values_b) -> float:
     """Hellinger distance between the normalised power spectra ``s^2 / sum s^2`` of two matrices.
 
-    The shorter spectrum is padded with zeros. 0 for proportional spectra, 1 for disjoint support.
+    The shorter spectrum is padded with zeros. 0 for proportional spectra, 1 for disjoint support;
+    NaN when either spectrum has no energy (it has no distribution to compare).
     """
     a, b = _values(values_a) ** 2, _values(values_b) ** 2
     size = max(a.size, b.size)

@@ -71,11 +71,13 @@ def spectrum_figure(series: list[tuple[str, dict]], *, loglog: bool = False, tit
     main = figure.add_subplot(grid[0, 0], label="spectrum")
     ribbon = figure.add_subplot(grid[1, 0], sharex=main, label="bands")
     density = figure.add_subplot(grid[:, 1], label="mp")
+    positive = False
     for position, (label, document) in enumerate(series):
         colour = series_colour(position)
         values = np.asarray(document["singular_values"], dtype=np.float64)
         index = np.arange(1, values.size + 1)
         shown = values > 0
+        positive = positive or bool(shown.any())
         main.plot(index[shown], values[shown], color=colour, lw=1.6, label=label)
         edge, threshold = document["noise"]["edge"], document["strong_rule"]["threshold"]
         if edge is not None:
@@ -87,7 +89,11 @@ def spectrum_figure(series: list[tuple[str, dict]], *, loglog: bool = False, tit
             if len(series) == 1:  # one spectrum: its bands shaded behind it too
                 main.axvspan(first - 0.5, first - 0.5 + length, color=BAND_COLOURS[band], alpha=0.12, lw=0)
         _mp_panel(density, values, document, colour, label)
-    main.set_yscale("log")
+    if positive:
+        main.set_yscale("log")
+    else:  # a collapsed set: nothing to draw on a log axis
+        main.text(0.5, 0.5, "every singular value is zero (the set has collapsed)", transform=main.transAxes,
+                  ha="center", va="center", color="#555555")
     if loglog:
         main.set_xscale("log")
     main.set_ylabel("singular value (embedding units)")

@@ -89,10 +89,10 @@ def _set_tables(entry: dict) -> list:
     bands.add_column(f"energy share ({entry['energy']})", justify="right")
     bands.add_column("", min_width=20)
     for name, band in entry["bands"].items():
-        share = band["energy_share"] or 0.0
-        bar = "█" * int(round(share * 20))
+        share = band["energy_share"]
+        bar = "█" * int(round((share or 0.0) * 20))
         bands.add_row(f"[{BAND_STYLES[name]}]{name}[/]", str(band["count"]), _fmt(band["first_index"]),
-                      f"{share:.2%}", f"[{BAND_STYLES[name]}]{bar}[/]")
+                      _fmt(share) if share is None else f"{share:.2%}", f"[{BAND_STYLES[name]}]{bar}[/]")
     scores = entry["metrics"]
     table = Table(show_header=False, box=None, padding=(0, 2))
     table.add_column(style="dim")
@@ -107,7 +107,8 @@ def _set_tables(entry: dict) -> list:
     table.add_row("mean cosine", _fmt(scores["mean_cosine"]))
     if entry.get("dropped_nonfinite"):
         table.add_row("dropped non-finite rows", str(entry["dropped_nonfinite"]))
-    notes = [f"[yellow]note:[/] {escape(noise['note'])}"] if noise.get("note") else []
+    texts = entry.get("notes", []) + ([noise["note"]] if noise.get("note") else [])
+    notes = [f"[yellow]note:[/] {escape(text)}" for text in dict.fromkeys(texts)]  # each once, in order
     views = [view for view in (_svd_band_table(entry), _spatial_band_table(entry)) if view is not None]
     return [bands, table, *notes, *views]
 
@@ -189,7 +190,8 @@ def render_checks(results, console: Console) -> None:
     """One line per ``--fail-if`` result that failed."""
     for result in results:
         if result.failed:
-            detail = escape(f"--fail-if {result.check.text!r}: {result.describe()}")
+            why = " (could not be computed: the report's notes say why)" if result.actual is None else ""
+            detail = escape(f"--fail-if {result.check.text!r}: {result.describe()}{why}")
             console.print(f"[red]FAILED[/] {detail}", highlight=False, soft_wrap=True)
 
 

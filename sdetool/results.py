@@ -58,6 +58,12 @@ class SetAnalysis:
     def singular_values(self) -> np.ndarray:
         return self.partition.singular_values
 
+    @property
+    def notes(self) -> list[str]:
+        """Why the set is degenerate and why each null value of its report could not be computed."""
+        return [*_input_notes(self), *([self.partition.note] if self.partition.note else []),
+                *_metric_notes(self), *_view_notes(self)]
+
     def to_dict(self) -> dict:
         """The ``sdetool.analysis/1`` object of this set (see ``docs/json-schema.md``)."""
         part = self.partition
@@ -98,11 +104,11 @@ class SetAnalysis:
                 "mp_edge": _clean(part.mp_edge),
                 "signal_rank": part.signal_rank,
                 "numerical_rank": part.numerical_rank,
-                "note": None if part.numerical_rank == part.singular_values.size else (
+                "note": part.note or (None if part.numerical_rank == part.singular_values.size else (
                     f"rank-deficient at working precision: {part.singular_values.size - part.numerical_rank} "
                     f"components are numerically zero; the noise level was estimated in the "
                     f"{part.numerical_rank}-dimensional column space (a matrix without noise there has no "
-                    f"noise band to find)"),
+                    f"noise band to find)")),
             },
             "strong_rule": {
                 "name": options.strong_rule,
@@ -119,6 +125,7 @@ class SetAnalysis:
             "metrics": {name: _clean(value) for name, value in self.metrics.items()},
             "svd_bands": self._svd_bands(),
             "spatial_bands": None if self.spatial_bands is None else self.spatial_bands.to_dict(),
+            "notes": self.notes,
             "device": self.device,
             "options": self.options.to_dict(),
             "sdetool_version": __version__,
@@ -150,6 +157,64 @@ class SetAnalysis:
                 "snr": part.snr,
             }
         )
+
+
+def _input_notes(result: SetAnalysis) -> list[str]:
+    """What makes a set degenerate, in terms of its rows (before the partition's own note)."""
+    n, rank, components = result.n_samples, result.partition.numerical_rank, result.singular_values.size
+    if n == 0:
+        return [f"no usable rows: all {result.dropped_nonfinite} held NaN or Inf and were dropped"]
+    if n == 1 and result.centered:
+        return ["one row: centring leaves no degree of freedom (n - 1 = 0), so there are no singular components"]
+    notes = []
+    if n == 2 and result.centered:
+        notes.append("two rows: centring leaves one degree of freedom (n - 1 = 1), so there is one singular component")
+    if rank == 0 and (result.zero_rows == n or not result.centered):
+        notes.append("every row is zero: the set spans no direction (effective rank 0)")
+    elif rank == 0:
+        notes.append("every row is the same vector: the centred matrix is zero, the set has collapsed to one point "
+                     "(effective rank 0)")
+    elif rank == 1 and components > 1:
+        where = "the centred rows" if result.centered else "the rows"
+        notes.append(f"{where} span a single direction: the set has collapsed to a line")
+    return notes
+
+
+def _metric_notes(result: SetAnalysis) -> list[str]:
+    """Why each null metric could not be computed."""
+    metrics, notes = result.metrics, []
+    undefined = [name for name in ("stable_rank", "participation_ratio") if _clean(metrics.get(name)) is None]
+    if undefined:
+        notes.append(f"{' and '.join(undefined)} null: the spectrum has no energy (no nonzero singular value)")
+    window, components = metrics.get("power_law_window"), result.singular_values.size
+    if window is None:
+        notes.append(f"power_law_alpha and power_law_r2 null: the spectrum has {components} "
+                     f"component{'' if components == 1 else 's'}, fewer than the first index of the fit window "
+                     f"({result.options.alpha_window[0]})")
+    elif _clean(metrics.get("power_law_alpha")) is None:
+        notes.append(f"power_law_alpha and power_law_r2 null: the fit needs at least 3 positive eigenvalues in its "
+                     f"window i={window[0]}..{window[1]}")
+    elif _clean(metrics.get("power_law_r2")) is None:
+        notes.append("power_law_r2 null: the eigenvalues in the fit window are all equal (nothing to explain)")
+    if _clean(metrics.get("mean_cosine")) is None:
+        nonzero = result.n_samples - result.zero_rows
+        notes.append(f"mean_cosine null: it needs at least 2 nonzero rows, the set has {nonzero}")
+    return notes
+
+
+def _view_notes(result: SetAnalysis) -> list[str]:
+    """Why a band view asked for is null, or holds null shares."""
+    options, notes = result.options, []
+    if (options.bands is not None or options.band_starts is not None) and result.svd_bands is None:
+        notes.append("svd_bands null: there are no singular components to split (p = 0)")
+    elif result.svd_bands is not None and all(math.isnan(band.energy_share) for band in result.svd_bands):
+        notes.append("svd_bands energy shares and effective ranks null: the spectrum has no energy")
+    view = result.spatial_bands
+    if view is not None and np.isnan(view.shares["mean"]).all():
+        why = ("no token grid is left (every one held NaN or Inf)" if view.n_images == 0 else
+               f"every token grid is zero after centring ({view.options.center})")
+        notes.append(f"spatial_bands shares and dc_share null: {why}")
+    return notes
 
 
 @dataclass(frozen=True)
@@ -256,6 +321,7 @@ def report_paths() -> dict:
                              "dc_share", "channel_mean_norm", "source", "dropped_nonfinite"]),
             "split": {"image": None, "component_energy": None},
         },
+        "notes": None,
         "options": {ANY: None},
         "sdetool_version": None,
     }

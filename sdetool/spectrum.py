@@ -79,6 +79,10 @@ def top_right_singular_vectors_direct(rows: np.ndarray, k: int) -> np.ndarray:
 # --- noise level ---------------------------------------------------------------------------------
 
 
+class NoNoiseBulkError(ValueError):
+    """The spectrum holds no noise bulk to measure a noise level from (see :func:`noise_sigma_mppca`)."""
+
+
 def _shape(n: int, d: int, p: int) -> tuple[int, int, float]:
     if n < 1 or d < 1:
         raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
@@ -150,7 +154,7 @@ def noise_sigma_mppca(singular_values: np.ndarray, n: int, d: int) -> tuple[floa
 
     Raises
     ------
-    ValueError
+    NoNoiseBulkError
         When no tail of at least two values fits a bulk (no noise to measure).
     """
     values = np.asarray(singular_values, dtype=np.float64)
@@ -163,7 +167,7 @@ def noise_sigma_mppca(singular_values: np.ndarray, n: int, d: int) -> tuple[floa
     fits = powers - powers[-1] <= 4.0 * np.sqrt(noise_dims) * variances
     fits[-1] = False  # one value always "fits": it measures nothing
     if not fits.any():
-        raise ValueError("MP-PCA found no Marchenko-Pastur bulk in the spectrum (no noise to measure)")
+        raise NoNoiseBulkError("MP-PCA found no Marchenko-Pastur bulk in the spectrum (no noise to measure)")
     rank = int(np.argmax(fits))
     return float(math.sqrt(max(variances[rank], 0.0))), rank
 
@@ -282,6 +286,11 @@ class SpectralPartition:
 
     ``numerical_rank`` counts the values above the numerical floor; the noise level and edge were
     estimated on those alone (``n x numerical_rank``) when it is below ``p``.
+
+    A *degenerate* spectrum (numerical rank 0 or 1, no components at all, or no noise bulk for
+    ``mppca``) has no noise level to measure: ``sigma``, ``edge``, ``mp_edge`` and ``threshold`` are
+    NaN, every component is in the noise band (nothing was shown to stand above noise), and ``note``
+    says why (:attr:`partitioned` is False). ``note`` is None for a partitioned spectrum.
     """
 
     singular_values: np.ndarray
@@ -297,6 +306,12 @@ class SpectralPartition:
     options: PartitionOptions
     signal_rank: int | None = None
     numerical_rank: int | None = None
+    note: str | None = None
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether a noise level, edge and threshold were estimated (False for a degenerate spectrum)."""
+        return math.isfinite(self.edge)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -304,8 +319,13 @@ class SpectralPartition:
 
     @property
     def component_shares(self) -> np.ndarray:
-        """Each component's share of the total energy (``power`` or ``amplitude``, as the options say)."""
+        """Each component's share of the total energy (``power`` or ``amplitude``, as the options say).
+
+        NaN for every component of a spectrum without energy (numerical rank 0): 0 / 0.
+        """
         weights = component_weights(self.singular_values, self.options.energy)
+        if self.numerical_rank == 0:
+            return np.full(weights.shape, np.nan)
         total = weights.sum()
         return weights / total if total > 0 else weights
 
@@ -337,14 +357,26 @@ def partition_spectrum(
         there are such values the matrix is rank-deficient at working precision: its ``m`` nonzero
         values are partitioned as an ``n x m`` matrix (the noise lives in its column space) and the
         zero ones go to the noise band.
+
+    Returns
+    -------
+    SpectralPartition
+        Degenerate (see :class:`SpectralPartition`: NaN noise level, edge and threshold, every
+        component noise, a ``note``) when fewer than two values lie above ``floor`` (``p`` may be 0:
+        one centred row has no components) or when ``mppca`` finds no noise bulk.
     """
     values = np.asarray(singular_values, dtype=np.float64)
-    if values.ndim != 1 or values.size < 1:
-        raise ValueError(f"singular_values must be a non-empty 1-D array, got shape {values.shape}")
+    if values.ndim != 1:
+        raise ValueError(f"singular_values must be a 1-D array, got shape {values.shape}")
+    if n < 0 or d < 1:
+        raise ValueError(f"need n >= 0 and d >= 1, got n={n}, d={d}")
     rank = int(np.sum(values > floor))
     if rank < 2:
-        raise ValueError(f"the matrix has numerical rank {rank}: there is no spectrum to partition")
-    part = _partition_full_rank(values[:rank], n, d if rank == values.size else rank, options, entries)
+        return degenerate_partition(values, n, d, options, rank, _rank_note(rank, values.size))
+    try:
+        part = _partition_full_rank(values[:rank], n, d if rank == values.size else rank, options, entries)
+    except NoNoiseBulkError as error:
+        return degenerate_partition(values, n, d, options, rank, f"{error}, {_NO_ESTIMATE}")
     if rank == values.size:
         return part
     extra = values.size - rank
@@ -394,4 +426,54 @@ def _partition_full_rank(values, n, d, options, entries) -> SpectralPartition:
         options=options,
         signal_rank=signal_rank,
         numerical_rank=values.size,
+    )
+
+
+_NO_ESTIMATE = (
+    "so the noise level, the noise edge and the strong threshold are null and every component is in the noise "
+    "band (none can be shown to stand above noise)"
+)
+_NO_ENERGY = "; the energy shares are null (no energy to share)"
+
+
+def _rank_note(rank: int, components: int) -> str:
+    """Why a spectrum of numerical rank 0 or 1 (or without components) is not partitioned."""
+    if components == 0:
+        return f"no singular components (p = 0): there is no spectrum to partition, {_NO_ESTIMATE}{_NO_ENERGY}"
+    if rank == 0:
+        return (f"numerical rank 0: every singular value is zero at working precision: there is no spectrum to "
+                f"partition, {_NO_ESTIMATE}{_NO_ENERGY}")
+    return f"numerical rank 1: one nonzero singular value cannot be set against a noise bulk, {_NO_ESTIMATE}"
+
+
+def degenerate_partition(
+    singular_values: np.ndarray, n: int, d: int, options: PartitionOptions, rank: int, note: str
+) -> SpectralPartition:
+    """The partition of a spectrum without a measurable noise level: every component noise.
+
+    Noise is the null hypothesis of section 3: a component is signal only when it stands above the
+    noise edge, and without a noise level there is no edge to stand above. ``sigma``, the edges, the
+    threshold and the SNRs are NaN; the energy shares are NaN when the spectrum has no energy (0 / 0),
+    else all of it is in the noise band.
+
+    Parameters
+    ----------
+    singular_values : ndarray, shape (p,)
+        Descending; ``p`` may be 0.
+    n, d : int
+        Effective rows and columns, as for :func:`partition_spectrum`.
+    options : PartitionOptions
+    rank : int
+        The numerical rank (values above the floor).
+    note : str
+        Why no partition could be made (recorded as ``note``).
+    """
+    values = np.asarray(singular_values, dtype=np.float64)
+    labels = np.full(values.shape, 2, dtype=np.int8)
+    shares = energy_shares(values, labels, options.energy) if rank > 0 else np.full(len(BANDS), np.nan)
+    nan = float("nan")
+    return SpectralPartition(
+        singular_values=values, n=n, d=d, sigma=nan, edge=nan, mp_edge=nan, threshold=nan, labels=labels,
+        shares=shares, snr=np.full(values.shape, np.nan), options=options, signal_rank=None,
+        numerical_rank=rank, note=note,
     )

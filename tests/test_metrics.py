@@ -16,7 +16,7 @@ def test_effective_rank_closed_forms():
     values = np.array([3.0, 1.0])
     p = values / values.sum()
     assert metrics.effective_rank(values) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
-    assert math.isnan(metrics.effective_rank(np.zeros(4)))
+    assert metrics.effective_rank(np.zeros(4)) == 0.0  # a collapsed set spans no dimension
 
 
 def test_stable_rank_and_participation_ratio():
@@ -94,6 +94,9 @@ def test_modality_gap():
     assert metrics.modality_gap(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(math.sqrt(2))
 
 
-def test_empty_spectrum_is_refused():
-    with pytest.raises(ValueError, match="non-empty"):
-        metrics.stable_rank(np.array([]))
+def test_empty_spectrum_has_rank_zero_and_no_ratios():
+    # one centred row has no singular components: rank 0, the ratios are 0 / 0 (tests/test_degenerate.py)
+    assert metrics.effective_rank(np.array([])) == 0.0
+    assert math.isnan(metrics.stable_rank(np.array([]))) and math.isnan(metrics.participation_ratio(np.array([])))
+    with pytest.raises(ValueError, match="1-D"):
+        metrics.stable_rank(np.zeros((2, 2)))
