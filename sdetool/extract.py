@@ -84,7 +84,7 @@ class ExtractResult:
 
 
 class Progress:
-    """Receives progress (a rich bar in the CLI); the default does nothing."""
+    """Receives progress in items (the CLI shows a bar on a terminal, plain lines elsewhere); the default does nothing."""
 
     def start(self, label: str, total: int) -> None: ...
     def advance(self, count: int) -> None: ...
@@ -442,7 +442,8 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     mine = [(index, items) for index, items in enumerate(plan) if index % world.size == world.rank and index not in done]
     resumed = sum(len(items) for index, items in enumerate(plan) if index in done)
     embedder = _Embedder(encoder.to(device), device, options)
-    progress.start(f"embedding {source.describe()}", sum(len(items) for _, items in mine))
+    resumed_note = f" (resumed: {resumed:,} of {len(source):,} items were done)" if resumed else ""
+    progress.start(f"embedding {source.describe()}{resumed_note}", sum(len(items) for _, items in mine))
     ran: list[str] = []
     try:
         on_every_rank(world, lambda: ran.extend(_embed_chunks(embedder, source, keys, mine, folder, world.size, progress)))

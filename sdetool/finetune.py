@@ -112,9 +112,14 @@ class FinetuneResult:
 
 
 class Progress:
-    """Receives training progress; the default does nothing."""
+    """Receives the progress of a run, task by task; the default does nothing.
 
-    def start(self, label: str, total: int) -> None: ...
+    The tasks are the evaluation before training (counted in held-out pairs: ``unit="pairs"``), the
+    training (in steps, the display's own unit: ``unit`` None; ``status`` gives the loss) and the
+    evaluation after it.
+    """
+
+    def start(self, label: str, total: int, unit: str | None = None) -> None: ...
     def advance(self, count: int, status: str = "") -> None: ...
     def finish(self) -> None: ...
 
@@ -175,7 +180,7 @@ def _default_model() -> str:
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def evaluate(target, data: PairData, export: str | None, label: str) -> dict:
+def evaluate(target, data: PairData, export: str | None, label: str, on_batch=None) -> dict:
     """Recalls, zero-shot accuracy and the band shares ``analyze`` reports for the held-out embeddings.
 
     The embeddings are written to an HDF5 store (``export``, or a temporary file) and analysed from
@@ -183,7 +188,7 @@ def evaluate(target, data: PairData, export: str | None, label: str) -> dict:
     """
     from sdetool import evaluation
 
-    image, text = target.embed(data.held_out)
+    image, text = target.embed(data.held_out, on_batch=on_batch)
     distinct = np.zeros((int(data.held_out.text_rows.max()) + 1, text.shape[1]), dtype=np.float32)
     distinct[data.held_out.text_rows] = text
     result = {"pairs": len(data.held_out), "distinct_texts": int(distinct.shape[0]),
@@ -197,6 +202,16 @@ def evaluate(target, data: PairData, export: str | None, label: str) -> dict:
             getattr(target, "encoder", None), "spec", target.description)})
         result["bands"] = _bands(path)
     return result
+
+
+def _evaluation(progress: Progress, label: str, pairs: int, work) -> dict:
+    """``work(advance)``, the evaluation ``label`` (before or after) of ``pairs`` held-out pairs, as one task of
+    ``progress``; ``advance(count)`` is called as batches of pairs are embedded."""
+    progress.start(f"evaluation {label} training", pairs, unit="pairs")
+    try:
+        return work(progress.advance)
+    finally:
+        progress.finish()
 
 
 def write_embeddings(path: str, image: np.ndarray, text: np.ndarray, ids: list[str], attrs: dict) -> None:
@@ -272,17 +287,19 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
         return FinetuneResult(out, "already complete", options.steps, options.steps, folder.read_json(EVAL), 0.0, 0.0,
                               device, data.notes + ["nothing to do: the run is complete"])
     try:
-        before = _before(folder, target, data, options, world, saved)
+        progress = progress or Progress()
+        before = _before(folder, target, data, options, world, saved, progress)
         loop = TrainingLoop(folder, target, data, options, world, device)
         if saved is not None:
             start = loop.restore()
         else:  # a first checkpoint, so that there always is a last good one
             start = 0
             loop.save(0)
-        seconds_per_step = loop.run(start, progress or Progress())
+        seconds_per_step = loop.run(start, progress)
         loop.save(options.steps, promote=True)  # an interrupted final evaluation resumes from here
-        after = on_main(world, lambda: evaluate(target, data, folder.file(exported_store("after")) if options.export_embeddings
-                                                else None, "after"))
+        export = folder.file(exported_store("after")) if options.export_embeddings else None
+        after = on_main(world, lambda: _evaluation(progress, "after", len(data.held_out),
+                                                   lambda advance: evaluate(target, data, export, "after", advance)))
     except KeyboardInterrupt:
         raise TrainingInterrupted(f"interrupted; {out} holds the run: run the same command with --resume to "
                                   "continue") from None
@@ -300,7 +317,7 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
                           seconds_per_step, device, data.notes)
 
 
-def _before(folder: RunFolder, target, data: PairData, options: FinetuneOptions, world, saved) -> dict:
+def _before(folder: RunFolder, target, data: PairData, options: FinetuneOptions, world, saved, progress: Progress) -> dict:
     """The evaluation before training: computed once, kept in the run folder for resumes."""
     from sdetool.distributed import on_main
     from sdetool.runfolder import write_json
@@ -311,7 +328,8 @@ def _before(folder: RunFolder, target, data: PairData, options: FinetuneOptions,
         return folder.read_json("before.json")
 
     def run() -> dict:
-        result = evaluate(target, data, export, "before")
+        result = _evaluation(progress, "before", len(data.held_out),
+                             lambda advance: evaluate(target, data, export, "before", advance))
         write_json(path, result)
         return result
 

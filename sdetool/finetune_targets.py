@@ -70,8 +70,11 @@ class Target(ABC):
         """Projected features ``(image (B, d), text (B, d))`` of pairs ``batch`` (``inputs``: from :meth:`load_inputs`)."""
 
     @abstractmethod
-    def embed(self, pairs: PairSet, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """Held-out embeddings ``(image (n, d), text (n, d))`` in evaluation mode, float32."""
+    def embed(self, pairs: PairSet, batch_size: int = 512, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out embeddings ``(image (n, d), text (n, d))`` in evaluation mode, float32.
+
+        ``on_batch(count)``, when given, is called after each batch of ``count`` pairs (progress).
+        """
 
     def class_prototypes(self, data: PairData):
         """Zero-shot classifier (K, d) of the classes, or None when it cannot be built."""
@@ -171,16 +174,19 @@ class HeadTarget(Target):
     def features(self, pairs: PairSet, batch: np.ndarray, inputs=None):
         return self._apply(pairs, batch)
 
-    def embed(self, pairs: PairSet, batch_size: int = 4096):
+    def embed(self, pairs: PairSet, batch_size: int = 4096, on_batch=None):
         import torch
 
         self.train(False)
         images, texts = [], []
         with torch.no_grad():
             for start in range(0, len(pairs), batch_size):
-                image, text = self._apply(pairs, np.arange(start, min(start + batch_size, len(pairs))))
+                rows = np.arange(start, min(start + batch_size, len(pairs)))
+                image, text = self._apply(pairs, rows)
                 images.append(image.float().cpu().numpy())
                 texts.append(text.float().cpu().numpy())
+                if on_batch is not None:
+                    on_batch(rows.size)
         return np.concatenate(images), np.concatenate(texts)
 
 
@@ -316,7 +322,7 @@ class EncoderTarget(Target):
         text = self.texts([pairs.texts[r] for r in pairs.text_rows[batch]])
         return image, text
 
-    def embed(self, pairs: PairSet, batch_size: int = 512):
+    def embed(self, pairs: PairSet, batch_size: int = 512, on_batch=None):
         import torch
 
         self.train(False)
@@ -326,6 +332,8 @@ class EncoderTarget(Target):
             for start in range(0, len(pairs), batch_size):
                 rows = pairs.rows[start:start + batch_size]
                 images.append(self.encoder.encode_images(self.pixels(source, rows).to(self.device)).embeddings.float().cpu().numpy())
+                if on_batch is not None:
+                    on_batch(rows.size)
             distinct = [self.texts(pairs.texts[s:s + batch_size]).float().cpu().numpy()
                         for s in range(0, len(pairs.texts), batch_size)]
         return np.concatenate(images), np.concatenate(distinct)[pairs.text_rows]

@@ -282,7 +282,8 @@ class TrainingLoop:
                 signal.signal(signal.SIGINT, previous)
 
             previous = signal.signal(signal.SIGINT, request_stop)
-        progress.start(f"{options.loss} fine-tuning", options.steps - start)
+        resumed = f" (resumed at step {start} of {options.steps})" if start else ""
+        progress.start(f"{options.loss} fine-tuning{resumed}", options.steps - start)
         began = time.perf_counter()
         try:
             for step in range(start, options.steps):

@@ -1,8 +1,21 @@
 """Driving the CLI in-process, and the checks every CLI test makes (shared by several test files)."""
 
+import re
+
 from typer.testing import CliRunner
 
 from sdetool.cli import app
+
+# One line of sdetool.progressbar.PlainProgress: what stderr holds besides messages when it is no terminal.
+PROGRESS_LINE = re.compile(
+    r"^sdetool: (?P<label>.+): (?P<done>[\d,]+)/(?P<total>[\d,]+) (?P<unit>\w+)(?: \((?P<share>\d+)%\))?, "
+    r"(?P<rate>\?|[\d,.]+) (?P=unit)/s, elapsed (?P<elapsed>\d+:\d\d:\d\d), "
+    r"(?P<outlook>ETA (?:\?|\d+:\d\d:\d\d)|done|stopped)(?:, (?P<status>.+))?$")
+
+
+def message_lines(stderr: str) -> list[str]:
+    """The non-blank lines of ``stderr`` that are not progress lines."""
+    return [line for line in stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
 
 
 def invoke(*args):
@@ -18,11 +31,13 @@ def assert_ok(result):
 
 
 def assert_error(result, code: int, *fragments: str) -> str:
-    """Exit ``code``, no traceback, exactly one non-blank line on stderr naming the problem; returns it."""
+    """Exit ``code``, no traceback, exactly one line on stderr naming the problem, after the progress lines of
+    the work it stopped (when stderr is no terminal); returns it."""
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
+    lines = message_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == lines[0], result.stderr  # the last line
     assert lines[0].startswith("sdetool: error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])

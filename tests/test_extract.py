@@ -23,6 +23,7 @@ import pytest
 import torch
 from extract_fixtures import TINY_CLIP, build_tiny_clip, fashion_subset, image_folder, minilm_folder
 from extract_fixtures import write_fake_png, write_image, write_truncated_jpeg
+from cli_helpers import message_lines
 from typer.testing import CliRunner
 
 from sdetool import __version__, store
@@ -48,11 +49,13 @@ def _assert_ok(result):
 
 
 def _assert_bad_input(result, *fragments: str) -> str:
-    """Exit 2, no traceback, exactly one non-blank line on stderr naming the problem; returns it."""
+    """Exit 2, no traceback, exactly one line on stderr naming the problem, after the progress lines of the
+    work it stopped; returns it."""
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
+    lines = message_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == lines[0], result.stderr
     assert lines[0].startswith("sdetool: error: ")
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])

@@ -30,7 +30,7 @@ from sdetool import __version__, store
 from sdetool.analysis import analyze
 from sdetool.errors import TrainingInterrupted
 from sdetool.finetune import FinetuneOptions, Progress, finetune
-from sdetool.finetune_data import held_out_mask
+from sdetool.finetune_data import CACHED_PAIRS_SALT, held_out_mask
 from sdetool.runfolder import SCHEMA, load_tensors, read_metadata
 from cli_helpers import assert_error as _assert_error, assert_ok as _assert_ok, invoke as _invoke
 
@@ -159,7 +159,7 @@ def test_head_run_folder(head_run, pairs):
     evaluation = _json(out, "eval.json")
     assert evaluation == document["evaluation"]
     assert evaluation["before"] == _json(out, "before.json")
-    held_out = int(held_out_mask(pairs["ids"], 0.1).sum())
+    held_out = int(held_out_mask(pairs["ids"], 0.1, CACHED_PAIRS_SALT).sum())
     for stage in ("before", "after"):
         result = evaluation[stage]
         assert result["pairs"] == held_out and 2 <= result["distinct_texts"] <= N_TEXTS
@@ -169,7 +169,7 @@ def test_head_run_folder(head_run, pairs):
         assert "zero_shot_accuracy" not in result  # cached pairs have no classes
         for key in ("image", "text"):
             bands = result["bands"][key]
-            assert sum(bands[band]["count"] for band in BANDS) == DIM
+            assert sum(bands[band]["count"] for band in BANDS) == min(held_out - 1, DIM)  # p = min(n - 1, d)
             assert sum(bands[band]["energy_share"] for band in BANDS) == pytest.approx(1.0)
             assert 1 <= bands["effective_rank"] <= DIM
     assert document["schema"] == SCHEMA and document["status"] == "trained" and document["steps"] == 6
@@ -179,7 +179,7 @@ def test_head_run_folder(head_run, pairs):
 def test_exported_embeddings_are_what_eval_json_reports(head_run, pairs):
     out, _ = head_run
     evaluation = _json(out, "eval.json")
-    mask = held_out_mask(pairs["ids"], 0.1)
+    mask = held_out_mask(pairs["ids"], 0.1, CACHED_PAIRS_SALT)
     rows = np.flatnonzero(mask)
     weights = load_file(os.path.join(out, "model.safetensors"))
     for stage in ("before", "after"):
@@ -283,11 +283,14 @@ class _CtrlCAfter(Progress):
     """Presses Ctrl-C (a real SIGINT to this process) once ``count`` steps have finished."""
 
     def __init__(self, count: int) -> None:
-        self.count, self.done = count, 0
+        self.count, self.done, self.training = count, 0, False
+
+    def start(self, label: str, total: int, unit: str | None = None) -> None:
+        self.training = unit is None  # the evaluations before and after count held-out pairs
 
     def advance(self, count: int, status: str = "") -> None:
-        self.done += count
-        if self.done == self.count:
+        self.done += count if self.training else 0
+        if self.training and self.done == self.count:
             signal.raise_signal(signal.SIGINT)
 
 
@@ -373,10 +376,10 @@ import runpy, sys, time
 import sdetool.finetune as finetune
 paused_label = sys.argv.pop(1)
 evaluate = finetune.evaluate
-def paused(target, data, export, label):
+def paused(target, data, export, label, *args):
     if label == paused_label:
         time.sleep(60)
-    return evaluate(target, data, export, label)
+    return evaluate(target, data, export, label, *args)
 finetune.evaluate = paused
 runpy.run_module("sdetool", run_name="__main__", alter_sys=True)
 """
@@ -568,9 +571,8 @@ def test_builtin_model_target(tmp_path):
     document = json.loads(result.stdout)
     training = _json(out, "config.json")["training"]
     assert training["model"] == "builtin:lit-fmnist" and training["embeddings"] is None
-    assert "fashion-mnist" in training["data"]
-    if "(train)" not in training["data"]:  # no Debian train split: the test split is split by id
-        assert any("train split is not installed" in note for note in document["notes"])
+    assert training["data"] == "builtin:fashion-mnist:train (train) / builtin:fashion-mnist:test (held out)"
+    assert not any("not installed" in note for note in document["notes"])
     evaluation = _json(out, "eval.json")
     for stage in ("before", "after"):
         result = evaluation[stage]

@@ -25,7 +25,7 @@ from sdetool import plots, rmt, store
 from sdetool.cli import main
 from sdetool.errors import BadInputError
 from sdetool.figures import PlotOptions, analysis_series, band_states, plot, training_runs
-from cli_helpers import assert_error as _assert_error, assert_ok as _assert_ok, invoke as _invoke
+from cli_helpers import assert_error as _assert_error, assert_ok as _assert_ok, invoke as _invoke, message_lines
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -523,7 +523,7 @@ def test_plot_returns_what_it_drew(inputs, tmp_path):
 def test_cli_spectrum_and_energy(inputs, tmp_path):
     png = tmp_path / "spectrum.png"
     result = _assert_ok(_invoke("plot", "spectrum", inputs["two.json"], inputs["one.h5"], "--out", png, "--loglog"))
-    said = " ".join(result.stderr.split())
+    said = " ".join(" ".join(message_lines(result.stderr)).split())  # after the lines of one.h5's analysis
     assert said.startswith("wrote") and "two image, two text, one" in said
     _check_png(png)
     pdf = tmp_path / "energy.pdf"
