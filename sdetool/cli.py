@@ -16,17 +16,26 @@ from rich.console import Console
 from rich.markup import escape
 
 from sdetool import __version__
+from sdetool.clihelp import HelpCommand, HelpGroup
 from sdetool.errors import SdetoolError, TrainingError, TrainingInterrupted
 from sdetool.progressbar import progress_for
 
 app = typer.Typer(
     name="sdetool",
+    cls=HelpGroup,
     help="See, measure and repair the spectral structure of embeddings (strong / weak / noise subspaces).",
+    epilog="Run 'sdetool COMMAND -h' for the options of a command.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # help is plain text from sdetool.clihelp; option help holds brackets, not markup
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# The defaults the library applies when the option is left out, as the CLI documents them (show_default);
+# given explicitly they mean the same thing (tests/test_cli_defaults.py).
+DEFAULT_MODEL = "builtin:lit-fmnist"
+DEFAULT_DATA = "builtin:fashion-mnist"
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_TRAINING_FAILED = 4  # a NaN loss: the inputs were fine, the optimisation was not
@@ -154,74 +163,115 @@ def root(
     """See, measure and repair the spectral structure of embeddings (strong / weak / noise subspaces)."""
 
 
-@app.command()
+# What --help leaves out for brevity: docs/cli.md adds it to each option (see sdetool.clidocs).
+OPTION_DETAILS = {
+    "analyze": {
+        "INPUT": "A store gives every set it holds (or those of --key). Several files are shards of the same sets, "
+                 "analyzed as one matrix.",
+        "--key": "Two or more sets add the cross-modal section.",
+        "--csv": "Columns: key, index, singular value, band, energy share, snr.",
+        "--noise-estimator": "median: the median singular value, deflated of the signal components; median-gd: the "
+                             "plain Gavish-Donoho median; mppca: Veraart's MP-PCA; iqr: the IQR of the entries / 1.349.",
+        "--edge-level": "The probability that pure noise crosses the noise edge; 0 for the bare Marchenko-Pastur edge.",
+        "--strong-rule": "iqr: the Tukey fence Q3 + k IQR of the singular values (k: --iqr-k); gd: Gavish-Donoho.",
+        "--energy": "power: the sum of s^2; amplitude: the sum of s.",
+        "--top-k": "Their subspace overlap is reported for each pair of sets.",
+        "--seed": "It draws the rows of --sample and the iqr estimator's sample of entries.",
+        "--alpha-window": "The power law is fitted to the singular values FIRST to LAST.",
+        "--device": "Where the float64 Gram matrix is accumulated; auto: a GPU for large inputs when one is present.",
+        "--fail-if": "EXPR is PATH OP NUMBER on the JSON report, e.g. 'bands.noise.energy_share > 0.85'; with several "
+                     "sets, each set is checked.",
+        "--quiet": "Errors and failed checks still print.",
+        "--bands": "The components split into K contiguous equal-count bands: energy share, effective rank and, "
+                   "with two paired sets, per-band alignment.",
+        "--band-starts": "Instead of --bands: 10,50 gives the bands [0,10) [10,50) [50,p).",
+        "--spatial-bands": "Prism bands of the stored patch-token grids (extract --tokens): K equal-width radial "
+                           "bands of the 2-D spectrum.",
+        "--smooth": "The squares of the raised-cosine masks sum to one.",
+        "--spatial-center": "channel: each channel's mean over all grids; image: each grid's own means (no zero "
+                            "frequency); none: nothing.",
+        "--split-image": "The energies of its band components go into the JSON report.",
+        "--split-out": "One (K, h, w, c) array per set.",
+    },
+    "extract": {
+        "--out": "Its work folder OUT.partial/ holds the finished chunks until the end, so that a run that stops "
+                 "resumes where it was.",
+        "--model": "hf:ORG/NAME or hf:/folder (CLIP, SigLIP...), st:/folder (a text encoder), open_clip:ARCH@WEIGHTS "
+                   "or builtin:lit-fmnist.",
+        "--images": "A captions.jsonl beside them pairs each image with a caption.",
+        "--manifest": "Image paths are relative to the manifest's folder.",
+        "--data": "builtin:fashion-mnist: the test split; builtin:fashion-mnist:train: the train split.",
+        "--id-col": "Default: 'id' when the manifest has it, else the row number.",
+        "--image-col": "Default: the first of image, path, file, filepath, image_path, filename that the manifest has.",
+        "--text-col": "Default: the first of text, caption, sentence, title that the manifest has.",
+        "--precision": "Embeddings are stored as float32 unless --store-dtype float16.",
+        "--num-workers": "DataLoader workers that decode and preprocess images; default: one per spare core, at "
+                         "most 8; 0: in this process.",
+        "--device": "auto: a GPU when one is present.",
+        "--normalize": "Default: store what the model outputs.",
+        "--tokens": "Written as /<key>/tokens (n, h, w, c) float16; analyze --spatial-bands reads it.",
+        "--strict": "Default: an unreadable item is recorded in /<key>/failed and the run goes on.",
+    },
+}
+
+
+@app.command(cls=HelpCommand, short_help="Spectrum of embedding sets: strong / weak / noise bands, metrics.")
 @handles_errors
 def analyze(
     inputs: List[str] = typer.Argument(
-        ...,
-        metavar="INPUT",
-        help="Embeddings: an sdetool .h5 store, FILE.h5:/dataset, .npy, .npz, .pt, .safetensors or builtin:spiked. "
-        "Several files are shards of the same sets, analyzed as one matrix.",
-        show_default=False,
+        ..., metavar="INPUT", show_default=False,
+        help="Embeddings: .h5 store, FILE.h5:/dataset, .npy, .npz, .pt, .safetensors or builtin:spiked.",
     ),
     key: Optional[List[str]] = typer.Option(
-        None, "--key", "-k", help="Embedding set to analyze (repeatable; default: every set). Two or more add the cross-modal section."
-    ),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-' for stdout).", metavar="PATH"),
+        None, "--key", "-k", metavar="NAME", help="Set to analyze (repeatable; default: all)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout).", metavar="PATH"),
     csv_path: Optional[str] = typer.Option(
-        None, "--csv", help="Write the per-component table (index, singular value, band, energy share, snr) here.", metavar="PATH"
-    ),
-    center: bool = typer.Option(True, "--center/--no-center", help="Subtract the column mean before the spectrum."),
-    l2: bool = typer.Option(False, "--l2/--no-l2", help="Scale every row to unit norm before the spectrum."),
-    noise_estimator: NoiseEstimator = typer.Option(
-        NoiseEstimator.median, "--noise-estimator", help="Noise level: median (median singular value, deflated of the signal components), median-gd "
-        "(plain Gavish-Donoho median), mppca (Veraart MP-PCA), or iqr (IQR of the entries / 1.349)."
-    ),
+        None, "--csv", help="Write the per-component table here ('-': stdout).", metavar="PATH"),
+    center: bool = typer.Option(True, "--center/--no-center", help="Subtract column means first."),
+    l2: bool = typer.Option(False, "--l2/--no-l2", help="Scale rows to unit norm first."),
+    noise_estimator: NoiseEstimator = typer.Option(NoiseEstimator.median, "--noise-estimator", help="Noise level estimator."),
     edge_level: float = typer.Option(
-        0.01, "--edge-level", help="Probability that pure noise crosses the noise edge (Tracy-Widom margin); 0 for the bare MP edge.", min=0.0, max=0.5
-    ),
-    strong_rule: StrongRule = typer.Option(
-        StrongRule.iqr, "--strong-rule", help="Strong threshold: iqr (Tukey fence Q3 + k IQR of the singular values) or gd (Gavish-Donoho)."
-    ),
-    iqr_k: float = typer.Option(1.5, "--iqr-k", help="Fence multiplier k of the iqr strong rule.", min=0.0),
-    energy: Energy = typer.Option(Energy.power, "--energy", help="Band energy: power (sum of s^2) or amplitude (sum of s)."),
-    top_k: int = typer.Option(10, "--top-k", help="Leading directions compared across sets (subspace overlap).", min=1),
+        0.01, "--edge-level", help="Noise-edge margin (Tracy-Widom).", min=0.0, max=0.5),
+    strong_rule: StrongRule = typer.Option(StrongRule.iqr, "--strong-rule", help="Strong threshold rule."),
+    iqr_k: float = typer.Option(1.5, "--iqr-k", help="Fence multiplier of the iqr rule.", min=0.0),
+    energy: Energy = typer.Option(Energy.power, "--energy", help="Band energy: sum of s^2 or of s."),
+    top_k: int = typer.Option(10, "--top-k", help="Directions compared across sets.", min=1),
     sample: Optional[int] = typer.Option(None, "--sample", help="Analyze a seeded random subset of N rows.", metavar="N", min=2),
-    seed: int = typer.Option(0, "--seed", help="Seed of --sample and of the iqr estimator's entry sample."),
-    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out rows holding NaN or Inf instead of refusing the input."),
-    alpha_window: Tuple[int, int] = typer.Option((10, 100), "--alpha-window", help="1-based index window FIRST LAST of the power-law fit."),
-    block_rows: Optional[int] = typer.Option(None, "--block-rows", help="Rows per streamed block (default: about 32 MiB of float64).", min=1),
-    device: str = typer.Option(
-        "auto", "--device", help="Where the float64 Gram is accumulated: auto (a GPU for large inputs when present), cpu, cuda or cuda:N."
-    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random samples."),
+    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out rows with NaN or Inf (else refused)."),
+    alpha_window: Tuple[int, int] = typer.Option(
+        (10, 100), "--alpha-window", metavar="FIRST LAST", help="Power-law fit window (1-based)."),
+    block_rows: Optional[int] = typer.Option(
+        None, "--block-rows", metavar="N", help="Rows per streamed block (default: ~32 MiB).", min=1),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Device: auto, cpu, cuda or cuda:N."),
     fail_if: Optional[List[str]] = typer.Option(
-        None, "--fail-if", help="Exit 1 when this holds, e.g. 'bands.noise.energy_share > 0.85' (repeatable).", metavar="EXPR"
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables (errors and failed checks still print)."),
+        None, "--fail-if", help="Exit 1 when EXPR holds (repeatable).", metavar="EXPR"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no tables."),
     bands: Optional[int] = typer.Option(
-        None, "--bands", help="FITMM SVD bands: split the components into K contiguous equal-count bands (energy share, "
-        "effective rank; with two paired sets, per-band alignment).", metavar="K", rich_help_panel="Band views"),
+        None, "--bands", help="Also K equal-count SVD bands (FITMM).", metavar="K", rich_help_panel="Band views"),
     band_starts: Optional[str] = typer.Option(
-        None, "--band-starts", help="SVD bands at given 0-based start indices instead, e.g. 10,50 for [0,10) [10,50) [50,p).",
-        metavar="I,J,..", rich_help_panel="Band views"),
+        None, "--band-starts", help="SVD bands at 0-based start indices, e.g. 10,50.", metavar="I,J,..",
+        rich_help_panel="Band views"),
     spatial_bands: Optional[int] = typer.Option(
-        None, "--spatial-bands", help="Prism spatial-frequency bands of the stored patch-token grids (extract --tokens): "
-        "K equal-width radial bands of the 2-D spectrum.", metavar="K", rich_help_panel="Band views"),
-    smooth: bool = typer.Option(False, "--smooth", help="Raised-cosine band masks (their squares sum to one) instead of hard ones.",
+        None, "--spatial-bands", help="Also K spatial-frequency bands of token grids.", metavar="K",
+        rich_help_panel="Band views"),
+    smooth: bool = typer.Option(False, "--smooth", help="Raised-cosine band masks instead of hard ones.",
                                 rich_help_panel="Band views"),
     spatial_center: SpatialCenter = typer.Option(
-        SpatialCenter.channel, "--spatial-center", help="Before the FFT subtract each channel's mean over all grids "
-        "(channel), each grid's own means (image: no zero frequency), or nothing.", rich_help_panel="Band views"),
+        SpatialCenter.channel, "--spatial-center", help="Means removed before the FFT.", rich_help_panel="Band views"),
     split_image: Optional[int] = typer.Option(
-        None, "--split-image", help="Also split this 0-based image into its band components (energies in the JSON).",
-        metavar="I", rich_help_panel="Band views"),
+        None, "--split-image", help="Also split this 0-based image into its bands.", metavar="I",
+        rich_help_panel="Band views"),
     split_out: Optional[str] = typer.Option(
-        None, "--split-out", help="Write the --split-image components here (.npz, one (K, h, w, c) array per set).",
-        metavar="PATH", rich_help_panel="Band views"),
+        None, "--split-out", help="Write the --split-image components here (.npz).", metavar="PATH",
+        rich_help_panel="Band views"),
 ) -> None:
     """Spectrum of embedding sets: MP/IQR partition into strong / weak / noise bands, energy shares, metrics.
 
     With --bands or --spatial-bands, also the FITMM SVD bands and the Prism spatial-frequency bands.
+    \f
+    The fields of the JSON report are described in docs/json-schema.md, the method behind each number in
+    docs/method.md.
     """
     from sdetool import checks, report
     from sdetool.analysis import AnalysisOptions, analyze as run_analysis
@@ -278,39 +328,35 @@ class StoreDtype(str, Enum):
     float16 = "float16"
 
 
-@app.command()
+@app.command(cls=HelpCommand, short_help="Embed images and/or texts with a model into an HDF5 store.")
 @handles_errors
 def extract(
-    out: str = typer.Option(..., "--out", "-o", help="The HDF5 store to write (its work folder OUT.partial/ holds finished "
-                            "chunks until the end).", metavar="PATH"),
-    model: str = typer.Option("builtin:lit-fmnist", "--model", "-m", help="hf:ORG/NAME or hf:/folder (CLIP, SigLIP...), "
-                              "st:/folder (text encoder), open_clip:ARCH@WEIGHTS, or builtin:lit-fmnist. See 'sdetool models'."),
-    images: Optional[str] = typer.Option(None, "--images", help="A folder of images (recursive; a captions.jsonl beside "
-                                         "them pairs each with a caption).", metavar="FOLDER"),
+    out: str = typer.Option(..., "--out", "-o", help="The HDF5 store to write.", metavar="PATH"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", metavar="SPEC",
+                              help="The model ('sdetool models' lists them)."),
+    images: Optional[str] = typer.Option(None, "--images", help="A folder of images (recursive).", metavar="FOLDER"),
     texts: Optional[str] = typer.Option(None, "--texts", help="A UTF-8 text file, one item per line.", metavar="FILE"),
-    manifest: Optional[str] = typer.Option(None, "--manifest", help="A CSV/TSV, JSONL or Parquet table of items "
-                                           "(image paths relative to it).", metavar="FILE"),
-    data: Optional[str] = typer.Option(None, "--data", help="Built-in data: builtin:fashion-mnist (test split, the default "
-                                       "when no source is given) or builtin:fashion-mnist:train.", metavar="NAME"),
-    id_col: Optional[str] = typer.Option(None, "--id-col", help="Manifest column of item ids (default: 'id', else the row number)."),
-    image_col: Optional[str] = typer.Option(None, "--image-col", help="Manifest column of image paths (default: image, path, file...)."),
-    text_col: Optional[str] = typer.Option(None, "--text-col", help="Manifest column of texts (default: text, caption...)."),
-    device: str = typer.Option("auto", "--device", help="auto (a GPU when present), cpu, cuda or cuda:N."),
-    precision: Precision = typer.Option(Precision.fp32, "--precision", help="Compute precision (autocast); embeddings are "
-                                        "stored float32 unless --store-dtype float16."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", help="A CSV/TSV, JSONL or Parquet table of items.",
+                                           metavar="FILE"),
+    data: Optional[str] = typer.Option(None, "--data", help="Built-in data (when no other source).",
+                                       metavar="NAME", show_default=DEFAULT_DATA),
+    id_col: Optional[str] = typer.Option(None, "--id-col", metavar="COLUMN", help="Manifest column of item ids."),
+    image_col: Optional[str] = typer.Option(None, "--image-col", metavar="COLUMN", help="Manifest column of image paths."),
+    text_col: Optional[str] = typer.Option(None, "--text-col", metavar="COLUMN", help="Manifest column of texts."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    precision: Precision = typer.Option(Precision.fp32, "--precision", help="Compute precision (autocast)."),
     store_dtype: StoreDtype = typer.Option(StoreDtype.float32, "--store-dtype", help="Precision of the stored embeddings."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Items per model call.", min=1),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers decoding and preprocessing "
-                                              "images (default: one per spare core, at most 8; 0: in this process).", min=0),
-    normalize: bool = typer.Option(False, "--normalize/--no-normalize", help="L2-normalise embeddings before storing "
-                                   "(default: store what the model outputs)."),
-    tokens: bool = typer.Option(False, "--tokens", help="Also store the vision tower's patch-token grid, "
-                                "/<key>/tokens (n, h, w, c) float16."),
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable item instead of recording it in /<key>/failed."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from another model or data."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", metavar="N", min=0,
+                                              help="Image decoding workers (default: spare cores)."),
+    normalize: bool = typer.Option(False, "--normalize/--no-normalize", help="L2-normalise first."),
+    tokens: bool = typer.Option(False, "--tokens", help="Also store the vision tower's patch-token grid."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable item."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output of another model or data."),
     chunk_items: int = typer.Option(2048, "--chunk-items", help="Items per resumable chunk.", min=1),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON here ('-' for stdout).", metavar="PATH"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary table."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON here ('-': stdout).",
+                                            metavar="PATH"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary table."),
 ) -> None:
     """Embed images and/or texts with a model into an HDF5 store (resumable; data-parallel under torchrun)."""
     from sdetool import report
@@ -342,10 +388,10 @@ def extract(
         report.render_extract(result.to_dict(), console_err if json_path == "-" else Console())
 
 
-@app.command()
+@app.command(cls=HelpCommand, short_help="List the model backends and whether each can load here.")
 @handles_errors
 def models(
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the list as JSON here ('-' for stdout).", metavar="PATH"),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the list as JSON here ('-': stdout).", metavar="PATH"),
 ) -> None:
     """List the model backends and built-in models, and whether each can load here."""
     from sdetool import report
@@ -374,6 +420,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             _print_error("interrupted")
             sys.exit(130)
         context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare 'sdetool': the help page, and exit 2 as click does
+            typer.echo(context.get_help())
+            sys.exit(EXIT_BAD_INPUT)
         hint = f" (see '{context.command_path} --help')" if context is not None else ""
         _print_error(error.format_message() + hint)
         sys.exit(getattr(error, "exit_code", EXIT_BAD_INPUT))

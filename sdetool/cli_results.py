@@ -16,44 +16,94 @@ from rich.markup import escape
 
 from sdetool.cli import (Energy, NoiseEstimator, SpatialCenter, StrongRule, app, finish_checks, handles_errors,
                          stderr_console)
+from sdetool.clihelp import HelpCommand
 from sdetool.progressbar import progress_for
 
 
-@app.command()
+ANALYZED_PANEL, BANDS_PANEL = "Inputs analyzed here (as in analyze)", "Band views (inputs analyzed here)"
+
+# What --help leaves out for brevity: docs/cli.md adds it to each option (see sdetool.clidocs).
+OPTION_DETAILS = {
+    "compare": {
+        "BEFORE [AFTER]": "Two of: analysis reports (analyze --json), stores or other analyze inputs (analyzed here), "
+                          "fine-tuning runs (folder or eval.json: their state after training). One fine-tuning run "
+                          "alone: its before against its after.",
+        "--key": "Default: every set on both sides.",
+        "--fail-if": "EXPR is PATH OP NUMBER on the JSON comparison, e.g. 'bands.noise.energy_share.delta > 0'.",
+        "--quiet": "Errors and failed checks still print.",
+        "--noise-estimator": "As analyze --noise-estimator.",
+        "--edge-level": "The probability that pure noise crosses the noise edge; 0 for the bare Marchenko-Pastur edge.",
+        "--energy": "power: the sum of s^2; amplitude: the sum of s.",
+        "--bands": "FITMM SVD bands, as analyze --bands.",
+        "--spatial-bands": "Prism bands of the inputs' token grids, as analyze --spatial-bands.",
+        "--spatial-center": "As analyze --spatial-center.",
+    },
+    "plot": {
+        "KIND": "spectrum: singular values, noise edge, strong threshold, bands, MP density; energy: cumulative "
+                "energy; bands: stacked energy shares before and after (the energy-redistribution figure); training: "
+                "loss and batch band shares over the steps; tokens: the spatial-frequency band energy of token grids "
+                "per model (the Prism figure).",
+        "INPUT": "Analysis reports, stores (analyzed here), fine-tuning runs (folder or eval.json; for training: "
+                 "metrics.jsonl) or, for bands, comparisons (compare --json).",
+        "--label": "Default: from the file names.",
+        "--title": "Default: what the figure shows.",
+        "--drop-nonfinite": "Of the inputs analyzed here.",
+        "--spatial-bands": "Of the stores analyzed here.",
+        "--spatial-center": "As analyze --spatial-center.",
+    },
+    "reproduce": {
+        "--out": "It receives README.md, the figures, stores, runs and reports.",
+        "--quick": "100 steps for the model runs and 200 for the heads: under 3 minutes on 2 cores.",
+        "--head-steps": "The heads train on noisy embeddings.",
+        "--noise-share": "The share of the image energy that the noise added in the second experiment carries; 0 "
+                         "leaves that experiment out.",
+        "--resume": "Finished steps are kept.",
+    },
+}
+
+
+@app.command(cls=HelpCommand, short_help="Before/after: band shares and their change, metrics, accuracy.")
 @handles_errors
 def compare(
-    inputs: List[str] = typer.Argument(
-        ..., metavar="BEFORE [AFTER]", show_default=False,
-        help="Two of: analysis reports (analyze --json), stores or other analyze inputs (analyzed here), fine-tuning "
-        "runs (folder or eval.json: their state after training). One fine-tuning run alone: its before against its after.",
-    ),
-    key: Optional[List[str]] = typer.Option(None, "--key", "-k", help="Embedding set to compare (repeatable; default: every set on both sides)."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the comparison as JSON here ('-' for stdout).", metavar="PATH"),
-    fail_if: Optional[List[str]] = typer.Option(
-        None, "--fail-if", help="Exit 1 when this holds, e.g. 'bands.noise.energy_share.delta > 0' (repeatable).", metavar="EXPR"
-    ),
-    center: bool = typer.Option(True, "--center/--no-center", help="Inputs analyzed here: subtract the column mean first."),
-    noise_estimator: NoiseEstimator = typer.Option(NoiseEstimator.median, "--noise-estimator", help="Inputs analyzed here: the noise level estimator (as in analyze)."),
-    strong_rule: StrongRule = typer.Option(StrongRule.iqr, "--strong-rule", help="Inputs analyzed here: the strong threshold rule (as in analyze)."),
-    edge_level: float = typer.Option(0.01, "--edge-level", help="Inputs analyzed here: Tracy-Widom level of the noise edge (as in analyze).", min=0.0, max=0.5),
-    iqr_k: float = typer.Option(1.5, "--iqr-k", help="Inputs analyzed here: fence multiplier of the iqr strong rule.", min=0.0),
-    energy: Energy = typer.Option(Energy.power, "--energy", help="Inputs analyzed here: band energy, power (s^2) or amplitude (s)."),
-    sample: Optional[int] = typer.Option(None, "--sample", help="Inputs analyzed here: a seeded random subset of N rows.", metavar="N", min=2),
-    seed: int = typer.Option(0, "--seed", help="Seed of --sample."),
-    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Inputs analyzed here: leave out rows holding NaN or Inf."),
-    bands: Optional[int] = typer.Option(None, "--bands", help="Inputs analyzed here: also K FITMM SVD bands (as in analyze).",
-                                        metavar="K", rich_help_panel="Band views"),
-    spatial_bands: Optional[int] = typer.Option(
-        None, "--spatial-bands", help="Inputs analyzed here: also K spatial-frequency bands of their token grids (as in "
-        "analyze).", metavar="K", rich_help_panel="Band views"),
-    smooth: bool = typer.Option(False, "--smooth", help="Smooth spatial band masks (as in analyze).", rich_help_panel="Band views"),
-    spatial_center: SpatialCenter = typer.Option(SpatialCenter.channel, "--spatial-center", help="Centring before the "
-                                                 "FFT (as in analyze).", rich_help_panel="Band views"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables (errors and failed checks still print)."),
+    inputs: List[str] = typer.Argument(..., metavar="BEFORE [AFTER]", show_default=False,
+                                       help="Reports, stores or fine-tuning runs."),
+    key: Optional[List[str]] = typer.Option(None, "--key", "-k", metavar="NAME",
+                                            help="Set to compare (repeatable; default: all)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the comparison as JSON here ('-': stdout).",
+                                            metavar="PATH"),
+    fail_if: Optional[List[str]] = typer.Option(None, "--fail-if", help="Exit 1 when EXPR holds (repeatable).",
+                                                metavar="EXPR"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no tables."),
+    center: bool = typer.Option(True, "--center/--no-center", help="Subtract column means first.",
+                                rich_help_panel=ANALYZED_PANEL),
+    noise_estimator: NoiseEstimator = typer.Option(NoiseEstimator.median, "--noise-estimator",
+                                                   help="Noise level estimator.", rich_help_panel=ANALYZED_PANEL),
+    strong_rule: StrongRule = typer.Option(StrongRule.iqr, "--strong-rule", help="Strong threshold rule.",
+                                           rich_help_panel=ANALYZED_PANEL),
+    edge_level: float = typer.Option(0.01, "--edge-level", help="Noise-edge margin (Tracy-Widom).", min=0.0, max=0.5,
+                                     rich_help_panel=ANALYZED_PANEL),
+    iqr_k: float = typer.Option(1.5, "--iqr-k", help="Fence multiplier of the iqr rule.", min=0.0,
+                                rich_help_panel=ANALYZED_PANEL),
+    energy: Energy = typer.Option(Energy.power, "--energy", help="Band energy: sum of s^2 or of s.",
+                                  rich_help_panel=ANALYZED_PANEL),
+    sample: Optional[int] = typer.Option(None, "--sample", help="A seeded random subset of N rows.", metavar="N", min=2,
+                                         rich_help_panel=ANALYZED_PANEL),
+    seed: int = typer.Option(0, "--seed", help="Seed of --sample.", rich_help_panel=ANALYZED_PANEL),
+    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out rows with NaN or Inf.",
+                                        rich_help_panel=ANALYZED_PANEL),
+    bands: Optional[int] = typer.Option(None, "--bands", help="Also K equal-count SVD bands.", metavar="K",
+                                        rich_help_panel=BANDS_PANEL),
+    spatial_bands: Optional[int] = typer.Option(None, "--spatial-bands", help="Also K spatial-frequency bands.",
+                                                metavar="K", rich_help_panel=BANDS_PANEL),
+    smooth: bool = typer.Option(False, "--smooth", help="Raised-cosine band masks.", rich_help_panel=BANDS_PANEL),
+    spatial_center: SpatialCenter = typer.Option(SpatialCenter.channel, "--spatial-center",
+                                                 help="Means removed before the FFT.", rich_help_panel=BANDS_PANEL),
 ) -> None:
     """Before/after: band counts and energy shares with their change, metrics, accuracy, strong-subspace angles.
 
     With --bands / --spatial-bands (or reports that hold them): the change of each SVD or spatial band's share.
+    \f
+    Every number of one side is set against the other's as {before, after, delta}; docs/method.md, section 7.
     """
     from sdetool import checks, report
     from sdetool.analysis import AnalysisOptions
@@ -85,31 +135,26 @@ class PlotKind(str, Enum):
     tokens = "tokens"
 
 
-@app.command()
+@app.command(cls=HelpCommand, short_help="Draw a figure: spectrum, energy, bands, training or tokens.")
 @handles_errors
 def plot(
-    kind: PlotKind = typer.Argument(..., help="spectrum: singular values, edge, threshold, bands, MP density; energy: "
-                                    "cumulative energy; bands: stacked energy shares (before/after); training: loss and "
-                                    "batch band shares over steps; tokens: spatial-frequency band energy of token grids "
-                                    "per model (the Prism figure).", show_default=False),
-    inputs: List[str] = typer.Argument(
-        ..., metavar="INPUT...", show_default=False,
-        help="Analysis reports, stores (analyzed here), fine-tuning runs (folder, eval.json; training: metrics.jsonl) "
-        "or, for bands, comparisons (compare --json). Overlaid in order.",
-    ),
+    kind: PlotKind = typer.Argument(..., metavar="KIND", show_default=False,
+                                    help="The figure: spectrum, energy, bands, training or tokens."),
+    inputs: List[str] = typer.Argument(..., metavar="INPUT", show_default=False,
+                                       help="Reports, stores, runs or comparisons, overlaid in order."),
     out: str = typer.Option(..., "--out", "-o", help="The figure to write: .png, .svg or .pdf.", metavar="PATH"),
-    key: Optional[List[str]] = typer.Option(None, "--key", "-k", help="Embedding set to draw (repeatable; default: every set)."),
-    label: Optional[List[str]] = typer.Option(None, "--label", help="Series labels in order (repeatable; default: from the file names)."),
-    title: Optional[str] = typer.Option(None, "--title", help="Figure title (default: what the figure shows)."),
-    loglog: bool = typer.Option(False, "--loglog", help="spectrum: logarithmic index axis too."),
+    key: Optional[List[str]] = typer.Option(None, "--key", "-k", metavar="NAME",
+                                            help="Set to draw (repeatable; default: all)."),
+    label: Optional[List[str]] = typer.Option(None, "--label", metavar="TEXT", help="Series labels in order (repeatable)."),
+    title: Optional[str] = typer.Option(None, "--title", metavar="TEXT", help="Figure title."),
+    loglog: bool = typer.Option(False, "--loglog", help="spectrum: a logarithmic index axis too."),
     dpi: int = typer.Option(150, "--dpi", help="Resolution of PNG output.", min=20, max=1200),
-    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Inputs analyzed here: leave out rows holding NaN or Inf."),
-    spatial_bands: int = typer.Option(4, "--spatial-bands", help="tokens: K spatial-frequency bands of stores analyzed here.",
-                                      metavar="K", min=1),
-    smooth: bool = typer.Option(False, "--smooth", help="tokens: smooth band masks (as in analyze)."),
-    spatial_center: SpatialCenter = typer.Option(SpatialCenter.channel, "--spatial-center", help="tokens: centring "
-                                                 "before the FFT (as in analyze)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no confirmation line."),
+    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out rows with NaN or Inf."),
+    spatial_bands: int = typer.Option(4, "--spatial-bands", help="tokens: K spatial-frequency bands.", metavar="K", min=1),
+    smooth: bool = typer.Option(False, "--smooth", help="tokens: raised-cosine band masks."),
+    spatial_center: SpatialCenter = typer.Option(SpatialCenter.channel, "--spatial-center",
+                                                 help="tokens: means removed before the FFT."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no confirmation line."),
 ) -> None:
     """Draw a figure from results: spectrum, energy, bands (the energy-redistribution figure), training or tokens."""
     from sdetool.analysis import AnalysisOptions
@@ -127,34 +172,37 @@ def plot(
 
 
 class StageReporter:
-    """The reproduction's stages as lines on stderr, and a progress bar per long step on a terminal."""
+    """The reproduction's stages as lines on stderr, and the progress of each long step (a bar on a terminal,
+    plain lines elsewhere)."""
 
     def __init__(self, console: Console, quiet: bool) -> None:
         self._console, self._quiet = console, quiet
 
     def stage(self, number: int, total: int, text: str) -> None:
         if not self._quiet:
-            self._console.print(f"[bold][{number}/{total}][/] {escape(text)}")
+            self._console.print(f"[bold][{number}/{total}][/] {escape(text)}", soft_wrap=True)
 
     def progress(self, unit: str):
         return progress_for(self._console, self._quiet, unit)
 
 
-@app.command()
+@app.command(cls=HelpCommand, short_help="The SDE experiment end to end, offline, into one folder.")
 @handles_errors
 def reproduce(
-    out: str = typer.Option(..., "--out", "-o", help="The results folder (README.md, figures, stores, runs, reports).", metavar="FOLDER"),
-    quick: bool = typer.Option(False, "--quick", help="A first look: fewer steps (100 model, 200 head; under 3 minutes on 2 cores)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Steps of the built-in model's runs (default 500; --quick 100).", min=1),
-    head_steps: Optional[int] = typer.Option(None, "--head-steps", help="Steps of the heads' runs on noisy embeddings (default 500; --quick 200).", min=1),
+    out: str = typer.Option(..., "--out", "-o", help="The results folder.", metavar="FOLDER"),
+    quick: bool = typer.Option(False, "--quick", help="A first look: fewer steps (minutes)."),
+    steps: Optional[int] = typer.Option(None, "--steps", metavar="N", min=1,
+                                        help="Model run steps (default: 500; --quick: 100)."),
+    head_steps: Optional[int] = typer.Option(None, "--head-steps", metavar="N", min=1,
+                                             help="Head run steps (default: 500; --quick: 200)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every fine-tuning run."),
-    noise_share: float = typer.Option(0.5, "--noise-share", help="Share of the image energy the added noise carries in "
-                                      "the second experiment (0: leave it out).", min=0.0, max=0.95),
-    device: str = typer.Option("auto", "--device", help="auto (a GPU when present), cpu, cuda or cuda:N."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a reproduction in --out (finished steps are kept)."),
+    noise_share: float = typer.Option(0.5, "--noise-share", help="Noise share of the image energy.", min=0.0, max=0.95),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a reproduction in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a reproduction in --out."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON here ('-' for stdout).", metavar="PATH"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No stage lines or progress bars."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON here ('-': stdout).",
+                                            metavar="PATH"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No stage lines and no progress."),
 ) -> None:
     """The SDE experiment end to end, offline: extract, analyze, fine-tune (SDE and InfoNCE), compare, plot, README."""
     from sdetool import report
@@ -168,4 +216,5 @@ def reproduce(
     if json_path:
         report.write_json(result, json_path)
     if not quiet:
-        console_err.print(f"wrote {escape(os.path.join(out, 'README.md'))} in {result['total_seconds'] / 60:.1f} min")
+        console_err.print(f"wrote {escape(os.path.join(out, 'README.md'))} in {result['total_seconds'] / 60:.1f} min",
+                          soft_wrap=True)

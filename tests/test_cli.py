@@ -16,12 +16,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from sdetool import __version__, store
 from sdetool.analysis import SCHEMA
 from sdetool.cli import app
+from cli_helpers import message_lines
 
 N, D = 200, 16
 OLD_JSON = b'{"previous": "report", "keep": true}\n'
@@ -40,16 +40,18 @@ def _invoke(args):
 
 
 def _error_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
+    """The non-blank lines of stderr besides the progress lines of the work an error stopped."""
+    return message_lines(result.stderr)
 
 
 def _assert_bad_input(result, *fragments: str) -> str:
-    """Exit 2, no traceback, exactly one non-blank line on stderr naming the problem; returns it."""
+    """Exit 2, no traceback, exactly one line on stderr naming the problem, the last one; returns it."""
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
     lines = _error_lines(result)
-    assert len(lines) == 1, lines
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == lines[0], result.stderr
     assert lines[0].startswith("sdetool: error: ")
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
@@ -69,25 +71,7 @@ def two_sets(tmp_path):
 # --- help and version ----------------------------------------------------------------------------
 
 
-def test_every_command_and_option_has_help():
-    group = typer.main.get_command(app)
-    assert group.help and group.help.strip()
-    context = typer.Context(group)
-    commands = group.commands
-    assert "analyze" in commands
-    checked = 0
-    for param in group.get_params(context):
-        assert (param.help or "").strip(), f"root option {param.name} has no help"
-        checked += 1
-    for name, command in commands.items():
-        assert (command.help or "").strip(), f"command {name} has no help"
-        for param in command.get_params(typer.Context(command, parent=context)):
-            assert (getattr(param, "help", None) or "").strip(), f"{name}: {param.name} has no help"
-            checked += 1
-    assert checked >= 20
-
-
-@pytest.mark.parametrize("args", [["--help"], ["analyze", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["analyze", "--help"], ["analyze", "-h"]])
 def test_help_renders(args):
     result = _invoke(args)
     assert result.exit_code == 0
@@ -95,6 +79,27 @@ def test_help_renders(args):
     if "analyze" in args:
         for option in ("--json", "--csv", "--fail-if", "--drop-nonfinite", "--key"):
             assert option in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["analyze", "-h"]])
+def test_short_help_option_through_the_entry_point(capsys, argv):
+    from sdetool.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"Usage: sdetool {' '.join(argv[:-1])}".rstrip() + " [OPTIONS]")
+
+
+def test_bare_sdetool_prints_the_help_and_exits_2(capsys):
+    from sdetool.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Usage: sdetool [OPTIONS] COMMAND [ARGS]...") and "analyze" in captured.out
+    assert captured.err == ""
 
 
 def test_version():
@@ -326,10 +331,10 @@ def _case_cube(folder):
     return [f"{_write_odd_h5(folder)}:/cube"], ["odd.h5:/cube", "3-D"]
 
 
-def _case_one_row(folder):
-    path = folder / "one.npy"
-    np.save(path, _spiked(0)[:1])
-    return [path], ["one.npy", "n = 1", "at least 2"]
+def _case_no_rows(folder):  # one row is a degenerate report (tests/test_degenerate.py); none is nothing to report
+    path = folder / "none.npy"
+    np.save(path, _spiked(0)[:0])
+    return [path], ["none.npy", "n = 0", "nothing to analyze"]
 
 
 def _case_zero_columns(folder):
@@ -401,7 +406,7 @@ def _case_truncated_npz(folder):
 
 BAD_INPUTS = [pytest.param(case, id=case.__name__.removeprefix("_case_")) for case in (
     _case_missing, _case_not_hdf5, _case_truncated, _case_unknown_key, _case_vector, _case_cube,
-    _case_one_row, _case_zero_columns, _case_nonfinite, _case_integer, _case_string, _case_integer_npy,
+    _case_no_rows, _case_zero_columns, _case_nonfinite, _case_integer, _case_string, _case_integer_npy,
     _case_malformed_fail_if, _case_fail_if_not_a_number, _case_pt_list, _case_pt_string,
     _case_truncated_pt, _case_truncated_npz,
 )]

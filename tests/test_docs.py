@@ -3,7 +3,10 @@
 import pathlib
 import re
 
-from sdetool import clidocs
+import typer
+
+from sdetool import clidocs, clihelp
+from sdetool.cli import app
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -11,6 +14,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_cli_reference_is_current():
     current = (ROOT / "docs" / "cli.md").read_text()
     assert current == clidocs.render(), "docs/cli.md is stale: run `python -m sdetool.clidocs > docs/cli.md`"
+
+
+def test_option_details_name_real_options():
+    commands = typer.main.get_command(app).commands
+    for name, entries in clidocs.option_details().items():
+        assert name in commands, f"OPTION_DETAILS names no command {name!r}"
+        params = commands[name].params
+        known = {clihelp.long_name(p) for p in params if p.param_type_name == "option"}
+        known |= {(p.metavar or p.name).upper() for p in params if p.param_type_name == "argument"}
+        assert set(entries) <= known, f"{name}: no such option or argument {sorted(set(entries) - known)}"
+
+
+def test_cli_reference_names_values_as_typed():
+    reference = clidocs.render()
+    assert "INPUT......" not in reference and "list[str]" not in reference and " range |" not in reference
+    assert "sdetool plot [OPTIONS] KIND INPUT...\n" in reference
 
 
 def test_readme_links_resolve():
