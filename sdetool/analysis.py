@@ -6,148 +6,25 @@ objects of :mod:`sdetool.results`; it never prints.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from sdetool import bands, metrics, spectrum
-from sdetool.devices import check_device, describe, resolve_device
+from sdetool.analysisoptions import AnalysisOptions
+from sdetool.devices import describe, resolve_device
 from sdetool.distributed import World, all_reduce_state, current_world
 from sdetool.errors import BadInputError
 from sdetool.gram import GramAccumulator, GramState
 from sdetool.results import SCHEMA, AnalysisReport, CrossAnalysis, SetAnalysis
+from sdetool.scaling import SubsetAccumulators, check_sizes, scale_entries
 from sdetool.sources import dtype_name, iter_blocks, open_inputs, prefetch
 from sdetool.spatial import REEXTRACT, check_sources, spatial_bands, token_sources
+from sdetool.summary import intervals, partition_state, resolved_values, summarize
 
 __all__ = ["SCHEMA", "AnalysisOptions", "AnalysisReport", "CrossAnalysis", "Progress", "SetAnalysis", "analyze"]
 
 _BLOCK_BYTES = 32 << 20  # float64 bytes per streamed block
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    """Every choice of an analysis (METHOD.md sections 1-5); recorded in the output.
-
-    Attributes
-    ----------
-    center : bool
-        Subtract the column mean (MP theory is for zero-mean noise).
-    l2 : bool
-        Scale rows to unit norm first.
-    noise_estimator : {"median", "median-gd", "mppca", "iqr"}
-    edge_level : float
-        Probability that pure noise crosses the noise edge; 0 for the bare MP edge.
-    strong_rule : {"iqr", "gd"}
-    iqr_k : float
-        Tukey fence multiplier of the ``iqr`` strong rule.
-    energy : {"power", "amplitude"}
-    top_k : int
-        Leading directions compared across sets (subspace overlap, principal angles).
-    sample : int or None
-        Analyze a seeded uniform random subset of this many rows.
-    seed : int
-        Seed of ``sample`` and of the entry sample of the ``iqr`` estimator.
-    drop_nonfinite : bool
-        Leave out rows holding NaN or Inf instead of refusing the input.
-    alpha_window : (int, int)
-        1-based index window of the power-law fit.
-    block_rows : int or None
-        Rows per streamed block (default: about 32 MiB of float64).
-    iqr_entries : int
-        Entries sampled for the ``iqr`` noise estimator.
-    device : str
-        Where the Gram is accumulated: ``auto`` (CUDA for large inputs when a GPU is present),
-        ``cpu`` (numpy/BLAS), ``cuda`` or ``cuda:N`` (float64 on the GPU through torch).
-    bands : int or None
-        FITMM SVD bands: split the components into this many contiguous equal-count bands.
-    band_starts : tuple of int or None
-        Instead of ``bands``: the 0-based component index where each band after the first starts.
-    spatial_bands : int or None
-        Prism spatial-frequency bands of the sets' stored token grids (``extract --tokens``).
-    spatial_smooth, spatial_center, split_image :
-        See :class:`sdetool.spatial.SpatialOptions`.
-    """
-
-    center: bool = True
-    l2: bool = False
-    noise_estimator: str = "median"
-    edge_level: float = 0.01
-    strong_rule: str = "iqr"
-    iqr_k: float = 1.5
-    energy: str = "power"
-    top_k: int = 10
-    sample: int | None = None
-    seed: int = 0
-    drop_nonfinite: bool = False
-    alpha_window: tuple[int, int] = (10, 100)
-    block_rows: int | None = None
-    iqr_entries: int = 1 << 20
-    device: str = "auto"
-    bands: int | None = None
-    band_starts: tuple | None = None
-    spatial_bands: int | None = None
-    spatial_smooth: bool = False
-    spatial_center: str = "channel"
-    split_image: int | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            self.partition_options()
-        except ValueError as error:
-            raise BadInputError(str(error)) from None
-        check_device(self.device)
-        checks = [
-            (self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
-            (self.sample is None or self.sample >= 2, f"sample must be >= 2 rows, got {self.sample}"),
-            (self.block_rows is None or self.block_rows >= 1, f"block_rows must be >= 1, got {self.block_rows}"),
-            (1 <= self.alpha_window[0] <= self.alpha_window[1],
-             f"alpha_window must be 1 <= first <= last, got {tuple(self.alpha_window)}"),
-            (self.iqr_entries >= 4, f"iqr_entries must be >= 4, got {self.iqr_entries}"),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
-            (self.edge_level == 0 or self.edge_level >= 1e-10,
-             f"edge_level must be 0 or at least 1e-10, got {self.edge_level}"),
-            (self.bands is None or self.bands >= 1, f"--bands {self.bands}: the number of bands must be >= 1"),
-            (self.bands is None or self.band_starts is None, "--bands and --band-starts: give one of them"),
-            (self.split_image is None or self.spatial_bands is not None, "--split-image needs --spatial-bands"),
-            (self.spatial_bands is not None or (not self.spatial_smooth and self.spatial_center == "channel"),
-             "--smooth and --spatial-center shape the spatial bands: they need --spatial-bands"),
-            (self.spatial_bands is None or self.sample is None,
-             "--spatial-bands with --sample: the spatial view reads every image's grid, so it would not describe the "
-             "sampled rows; analyze the token grids without --sample"),
-            (self.band_starts is None or all(b > a for a, b in zip((0, *self.band_starts), self.band_starts)),
-             f"--band-starts {','.join(map(str, self.band_starts or ()))}: the starts must be positive and strictly "
-             f"increasing (0-based; the first band always starts at 0)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise BadInputError(message)
-        self.spatial_options()
-
-    def spatial_options(self):
-        """The :class:`~sdetool.spatial.SpatialOptions` of ``--spatial-bands``, or None."""
-        if self.spatial_bands is None:
-            return None
-        from sdetool.spatial import SpatialOptions
-
-        return SpatialOptions(self.spatial_bands, self.spatial_smooth, self.spatial_center, self.split_image,
-                              drop_nonfinite=self.drop_nonfinite)
-
-    def partition_options(self) -> spectrum.PartitionOptions:
-        return spectrum.PartitionOptions(
-            noise_estimator=self.noise_estimator,
-            edge_level=self.edge_level,
-            strong_rule=self.strong_rule,
-            iqr_k=self.iqr_k,
-            energy=self.energy,
-        )
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["alpha_window"] = list(self.alpha_window)
-        out["band_starts"] = None if self.band_starts is None else list(self.band_starts)
-        return out
 
 
 class Progress:
@@ -178,12 +55,14 @@ def _selection(n_rows: int, options: AnalysisOptions) -> np.ndarray | None:
 
 
 def make_accumulator(dim: int, options: AnalysisOptions, device: str, keep_rows: bool):
-    """The accumulator for ``device``: numpy on ``cpu``, torch elsewhere (kept rows stay on the host)."""
-    sample_rows = math.ceil(options.iqr_entries / dim) if options.noise_estimator == "iqr" else 0
-    common = {"l2": options.l2, "drop_nonfinite": options.drop_nonfinite, "sample_rows": sample_rows,
+    """The accumulator for ``device``: numpy on ``cpu``, torch elsewhere (kept rows stay on the host).
+
+    Jackknife blocks (``--bootstrap``) are kept by the numpy accumulator only.
+    """
+    common = {"l2": options.l2, "drop_nonfinite": options.drop_nonfinite, "sample_rows": options.sample_rows(dim),
               "seed": options.seed}
-    if device == "cpu" or keep_rows:
-        return GramAccumulator(dim=dim, keep_rows=keep_rows, **common)
+    if device == "cpu" or keep_rows or options.bootstrap:
+        return GramAccumulator(dim=dim, keep_rows=keep_rows, blocks=options.bootstrap or 0, **common)
     from sdetool.gram_torch import TorchGramAccumulator
 
     return TorchGramAccumulator(dim, device.removeprefix("torch:"), **common)
@@ -198,108 +77,33 @@ def stream_state(
     label: str = "",
     keep_rows: bool = False,
     device: str = "cpu",
-) -> GramState:
-    """One pass over a set's shards (this rank's share of them) into a global :class:`GramState`."""
+) -> tuple[GramState, dict]:
+    """One pass over a set's shards (this rank's share of them) into a global :class:`GramState`.
+
+    Returns the state and, with ``options.scale``, the states of the row subsets ``{(size, repeat): state}``
+    accumulated in the same pass (else an empty dict).
+    """
     progress = progress or Progress()
     dim = shards[0].shape[1]
     offsets = np.concatenate([[0], np.cumsum([s.shape[0] for s in shards])]).astype(np.int64)
     selection = _selection(int(offsets[-1]), options)
     mine = world.my_share(len(shards))
     accumulator = make_accumulator(dim, options, device, keep_rows)
+    subsets = None
+    if options.scale:
+        subsets = SubsetAccumulators(int(offsets[-1]), dim, options, selection, keep_rows=not world.distributed)
     progress.start(label, int(sum(shards[i].shape[0] for i in mine)))
     try:
         blocks = iter_blocks([(shards[i], int(offsets[i])) for i in mine], _block_rows(options, dim), selection)
         for block in prefetch(blocks):
             accumulator.update(block.rows, block.positions)
+            if subsets is not None:
+                subsets.update(block.rows, block.positions)
             progress.advance(block.scanned)
     finally:
         progress.finish()
-    return all_reduce_state(accumulator.finalize(), world)
-
-
-def _direct(state: GramState) -> bool:
-    return state.rows is not None and state.rows.shape[0] == state.n
-
-
-def _centred_rows(state: GramState, options: AnalysisOptions) -> np.ndarray:
-    return state.rows - state.mean if options.center else state.rows
-
-
-def _singular_values(state: GramState, options: AnalysisOptions, rank: int) -> tuple[np.ndarray, float]:
-    """The ``rank`` leading singular values and the numerical floor below which they are zero.
-
-    The floor is the precision of the computation: ``4 eps max(n, d) s_1`` for a direct SVD and
-    ``4 sqrt(eps d) s_1`` through the float64 Gram (its eigenvalues carry ``eps d s_1^2`` errors).
-    """
-    eps = np.finfo(np.float64).eps
-    if rank == 0:  # one centred row (or none left): no components
-        return np.zeros(0), 0.0
-    if _direct(state):
-        values = spectrum.singular_values_direct(_centred_rows(state, options))[:rank]
-        return values, 4.0 * eps * max(state.rows.shape) * float(values[0])
-    values = spectrum.singular_values_from_gram(state.gram(options.center), rank=rank)
-    return values, 4.0 * float(np.sqrt(eps * state.dim)) * float(values[0])
-
-
-def _top_vectors(state: GramState, options: AnalysisOptions, k: int) -> np.ndarray:
-    if k == 0:  # numerical rank 0: no direction
-        return np.zeros((state.dim, 0))
-    if _direct(state):
-        return spectrum.top_right_singular_vectors_direct(_centred_rows(state, options), k)
-    return spectrum.top_right_singular_vectors(state.gram(options.center), k)
-
-
-def _check_usable(state: GramState, options: AnalysisOptions, label: str) -> None:
-    if state.nonfinite_rows and not options.drop_nonfinite:
-        rows = "1 row holds" if state.nonfinite_rows == 1 else f"{state.nonfinite_rows} rows hold"
-        raise BadInputError(
-            f"{label}: {rows} NaN or Inf (the first at 0-based row {state.first_nonfinite}); "
-            f"--drop-nonfinite analyzes the other rows"
-        )
-    if not np.isfinite(state.scatter).all():
-        raise BadInputError(f"{label}: the float64 Gram overflowed (entries near 1e154 or larger); rescale the rows")
-
-
-def summarize(state: GramState, options: AnalysisOptions, *, label: str = "", vectors: int = 0):
-    """Spectrum, partition and metrics of accumulated statistics.
-
-    Fewer than 2 rows, or a spectrum of numerical rank 0 or 1, give a degenerate partition (see
-    :func:`sdetool.spectrum.degenerate_partition`) and null metrics where they are undefined.
-
-    Returns
-    -------
-    partition : SpectralPartition
-    metrics : dict
-    top_vectors : ndarray of shape (d, k), or None
-        ``k = min(vectors, numerical rank)`` (0 for numerical rank 0); None when ``vectors`` is 0.
-    """
-    _check_usable(state, options, label)
-    n_effective = max(state.n - 1, 0) if options.center else state.n
-    rank = min(n_effective, state.dim)
-    values, floor = _singular_values(state, options, rank)
-    entries = None
-    if options.noise_estimator == "iqr" and state.entry_sample is not None:
-        entries = state.entry_sample - state.mean if options.center else state.entry_sample
-    try:
-        part = spectrum.partition_spectrum(values, n_effective, state.dim, options.partition_options(), entries, floor)
-    except ValueError as error:
-        raise BadInputError(f"{label}: {error}") from None
-    if part.numerical_rank < 2:  # a collapsed spectrum: rounding error below the floor must not count as rank
-        values = _resolved(part)
-    alpha, r2 = metrics.power_law_alpha(values, options.alpha_window)
-    window = [options.alpha_window[0], min(options.alpha_window[1], rank)]
-    scores = {
-        "effective_rank": metrics.effective_rank(values),
-        "effective_rank_on": "centered" if options.center else "uncentered",
-        "stable_rank": metrics.stable_rank(values),
-        "participation_ratio": metrics.participation_ratio(values),
-        "power_law_alpha": alpha,
-        "power_law_r2": r2,
-        "power_law_window": window if window[0] <= window[1] else None,
-        "mean_cosine": metrics.mean_cosine(state.unit_sum, state.n - state.zero_rows),
-    }
-    top = _top_vectors(state, options, min(vectors, part.numerical_rank)) if vectors else None
-    return part, scores, top
+    states = subsets.states() if subsets is not None else {}
+    return all_reduce_state(accumulator.finalize(), world), {k: all_reduce_state(v, world) for k, v in states.items()}
 
 
 def cross_analysis(first: SetAnalysis, second: SetAnalysis, top_k: int) -> CrossAnalysis:
@@ -333,7 +137,7 @@ def cross_analysis(first: SetAnalysis, second: SetAnalysis, top_k: int) -> Cross
         notes.append(f"{_names(pointless, 'only zero rows')} (no unit rows to average): modality_gap is null")
     aligned = None
     if first.svd_bands is not None and second.svd_bands is not None:
-        aligned = bands.band_alignment(_resolved(first.partition), first.top_vectors, _resolved(second.partition),
+        aligned = bands.band_alignment(resolved_values(first.partition), first.top_vectors, resolved_values(second.partition),
                                        second.top_vectors, _edges(first.svd_bands))
     return CrossAnalysis(first.key, second.key, paired, hellinger, k, overlap, angles, gap,
                          "; ".join(notes) or None, aligned)
@@ -343,13 +147,6 @@ def _names(keys: list, what: str = "") -> str:
     """``image has`` / ``image and text have`` (followed by ``what`` when given)."""
     subject = " and ".join(keys) + (" has" if len(keys) == 1 else " have")
     return f"{subject} {what}" if what else subject
-
-
-def _resolved(part: spectrum.SpectralPartition) -> np.ndarray:
-    """Singular values with those below the numerical floor set to zero (their size is rounding error)."""
-    values = part.singular_values.copy()
-    values[part.numerical_rank:] = 0.0
-    return values
 
 
 def _edges(svd_bands) -> np.ndarray:
@@ -375,7 +172,7 @@ def _svd_bands(part: spectrum.SpectralPartition, options: AnalysisOptions, label
     """The FITMM bands of ``--bands`` / ``--band-starts``; None without them or without any component."""
     if (options.bands is None and options.band_starts is None) or part.singular_values.size == 0:
         return None
-    return bands.svd_bands(_resolved(part), _band_edges(part.singular_values.size, options, label), options.energy)
+    return bands.svd_bands(resolved_values(part), _band_edges(part.singular_values.size, options, label), options.energy)
 
 
 def _band_edges(components: int, options: AnalysisOptions, label: str) -> np.ndarray:
@@ -463,41 +260,11 @@ def analyze(
     token_grids = _prepare_views(opened, options, specs[0])
     if with_bands and len(opened) > 1:
         keep_vectors = 1 << 30  # every band's directions, for the per-band alignment
-    results: dict[str, SetAnalysis] = {}
     for key, shards in opened.items():
-        dim = shards[0].shape[1]
-        n_rows = int(sum(s.shape[0] for s in shards))
-        label = shards[0].label if len(shards) == 1 else f"{key} ({len(shards)} shards)"
-        if n_rows < 1:
-            raise BadInputError(f"{label}: has n = 0 rows; there is nothing to analyze")
-        n_selected = min(n_rows, options.sample or n_rows)
-        keep_rows = n_selected <= dim and not world.distributed  # small: a direct SVD on the host
-        device = "cpu" if keep_rows else resolve_device(options.device, n_selected, dim)
-        state = stream_state(shards, options, world=world, progress=progress, label=label,
-                             keep_rows=keep_rows, device=device)
-        part, scores, vectors = summarize(state, options, label=label, vectors=keep_vectors)
-        unit_count = max(state.n - state.zero_rows, 1)
-        results[key] = SetAnalysis(
-            key=key,
-            sources=tuple(s.label for s in shards),
-            n_rows=n_rows,
-            n_samples=state.n,
-            dim=dim,
-            dtype=dtype_name(shards[0].dtype),
-            centered=options.center,
-            normalized=options.l2,
-            partition=part,
-            metrics=scores,
-            unit_mean=state.unit_sum / unit_count,
-            options=options,
-            input_attrs=dict(shards[0].attrs),
-            dropped_nonfinite=state.nonfinite_rows,
-            zero_rows=state.zero_rows,
-            top_vectors=vectors,
-            device=describe(device),
-            svd_bands=_svd_bands(part, options, label),
-            spatial_bands=_spatial_bands(token_grids.get(key), key, options, progress),
-        )
+        if options.scale:
+            check_sizes(options.scale, min(_rows(shards), options.sample or _rows(shards)), _label(key, shards))
+    results = {key: _analyze_set(key, shards, options, world, progress, keep_vectors, token_grids.get(key))
+               for key, shards in opened.items()}
     ordered = list(results.values())
     cross = tuple(
         cross_analysis(ordered[i], ordered[j], options.top_k)
@@ -505,3 +272,55 @@ def analyze(
         for j in range(i + 1, len(ordered))
     )
     return AnalysisReport(results, cross)
+
+
+def _rows(shards) -> int:
+    return int(sum(s.shape[0] for s in shards))
+
+
+def _label(key: str, shards) -> str:
+    return shards[0].label if len(shards) == 1 else f"{key} ({len(shards)} shards)"
+
+
+def _analyze_set(key: str, shards, options: AnalysisOptions, world: World, progress, keep_vectors: int,
+                 token_grids) -> SetAnalysis:
+    """Stream one set, partition it (and its subsets and jackknife replicates), and assemble its result."""
+    dim, n_rows, label = shards[0].shape[1], _rows(shards), _label(key, shards)
+    if n_rows < 1:
+        raise BadInputError(f"{label}: has n = 0 rows; there is nothing to analyze")
+    n_selected = min(n_rows, options.sample or n_rows)
+    keep_rows = n_selected <= dim and not world.distributed  # small: a direct SVD on the host
+    device = "cpu" if keep_rows or options.bootstrap else resolve_device(options.device, n_selected, dim)
+    state, subsets = stream_state(shards, options, world=world, progress=progress, label=label,
+                                  keep_rows=keep_rows, device=device)
+    result, scores, vectors = summarize(state, options, label=label, vectors=keep_vectors)
+    part = result.partition
+    scale = None
+    if subsets:
+        parts = {k: partition_state(s, options, f"{label} subset of {k[0]} rows").partition for k, s in subsets.items()}
+        scale = scale_entries(parts, options.scale, options.repeats)
+    unit_count = max(state.n - state.zero_rows, 1)
+    return SetAnalysis(
+        key=key,
+        sources=tuple(s.label for s in shards),
+        n_rows=n_rows,
+        n_samples=state.n,
+        dim=dim,
+        dtype=dtype_name(shards[0].dtype),
+        centered=options.center,
+        normalized=options.l2,
+        partition=part,
+        metrics=scores,
+        unit_mean=state.unit_sum / unit_count,
+        options=options,
+        input_attrs=dict(shards[0].attrs),
+        dropped_nonfinite=state.nonfinite_rows,
+        zero_rows=state.zero_rows,
+        top_vectors=vectors,
+        device=describe(device),
+        svd_bands=_svd_bands(part, options, label),
+        spatial_bands=_spatial_bands(token_grids, key, options, progress),
+        distinct_rows=result.sample.distinct,
+        intervals=intervals(state, result, options, label) or None,
+        scale=scale,
+    )

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdetool import spectrum
+from sdetool import nulls, spectrum
+from sdetool.nulls import NullInputs
 
 STRONG, WEAK, NOISE = 0, 1, 2
 
@@ -78,46 +79,73 @@ class SpectrumError(ValueError):
 def batch_spectrum(features) -> BatchSpectrum:
     """Singular values and vectors of the centred batch, from the smaller Gram matrix (float32, autocast off).
 
-    ``eigh`` of ``C C^T`` (``B <= d``) or ``C^T C``, with ``C`` scaled by its largest entry so that the
-    Gram matrix cannot overflow float32, gives one side's vectors; the other side is ``C^T u_i`` (or
-    ``C v_i``) normalised. A Gram matrix that LAPACK cannot diagonalise in float32 is retried in
-    float64; one that is not finite raises :class:`SpectrumError`.
+    ``eigh`` of ``C C^T`` (``B <= d``) or ``C^T C`` in float64 (``C`` scaled by its largest entry),
+    gives one side's vectors; the other side is ``C^T u_i`` (or ``C v_i``) normalised, in float64 too.
+    A float32 Gram loses the small values: near the ``1e-3 s_1`` floor they were off by 37-49 % when
+    ``s_1 / median`` was about 1100; in float64 they match a float64 SVD to 1e-4. A Gram matrix that is
+    not finite raises :class:`SpectrumError`. The values ``s_i = u_i^T C v_i`` stay differentiable
+    through the float32 ``C``.
     """
     import torch
 
     with torch.autocast(features.device.type, enabled=False):
         centred = features.float() - features.float().mean(dim=0, keepdim=True)
         left = centred.shape[0] <= centred.shape[1]
-        detached = centred.detach()
-        scaled = detached / detached.abs().max().clamp_min(1e-30)
+        detached = centred.detach().double()
+        scaled = detached / detached.abs().max().clamp_min(1e-300)
         gram = scaled @ scaled.T if left else scaled.T @ scaled
         if not bool(torch.isfinite(gram).all()):
             raise SpectrumError("the batch's Gram matrix is not finite")
-        vectors = _eigenvectors(gram)
-        vectors = vectors.flip(dims=(1,))  # descending
+        vectors = _eigenvectors(gram).flip(dims=(1,))  # descending
         other = _unit_columns(detached.T @ vectors if left else detached @ vectors)
-        u, v = (vectors, other) if left else (other, vectors)
+        u, v = ((vectors, other) if left else (other, vectors))
+        u, v = u.float(), v.float()
         values = ((u.T @ centred) * v.T).sum(dim=1)  # s_i = u_i^T C v_i
     return BatchSpectrum(centred, values, u, v)
 
 
 def _eigenvectors(gram):
-    """Eigenvectors of a symmetric matrix, ascending; :class:`SpectrumError` when LAPACK fails.
+    """Eigenvectors of a symmetric float64 matrix, ascending; :class:`SpectrumError` when LAPACK fails.
 
-    On a CPU in float32 (retried in float64). On a GPU in float64: cuSOLVER's float64 ``eigh`` of a
-    256 x 256 matrix took 2.2 ms on an H200 against 4.7 ms in float32 (and 3.0 ms on its host CPU).
+    On a GPU too: cuSOLVER's float64 ``eigh`` of a 256 x 256 matrix took 2.2 ms on an H200 against
+    4.7 ms in float32 (and 3.0 ms on its host CPU).
     """
     import torch
 
     try:
-        if gram.is_cuda:
-            return torch.linalg.eigh(gram.double())[1].float()
-        try:
-            return torch.linalg.eigh(gram)[1]
-        except torch.linalg.LinAlgError:
-            return torch.linalg.eigh(gram.double())[1].float()
+        return torch.linalg.eigh(gram)[1]
     except torch.linalg.LinAlgError as error:
         raise SpectrumError(f"eigh failed on the batch's Gram matrix ({error})") from None
+
+
+BATCH_PERMUTATIONS = 10  # column permutations of a batch for the permutation null
+
+
+def batch_null_inputs(spec: BatchSpectrum, null: str, generator: np.random.Generator) -> tuple[NullInputs, int]:
+    """What the null needs of one batch, and its number of distinct rows.
+
+    A batch of texts often repeats captions (the built-in data has 60 distinct ones): repeated rows add
+    no direction, so the null is that of the distinct rows (``repetition = B / distinct``).
+    """
+    import torch
+
+    centred = spec.centred.detach()
+    rows = centred.shape[0]
+    distinct = int(torch.unique(centred, dim=0).shape[0])
+    repetition = rows / max(distinct, 1)
+    if null == "mp":
+        return NullInputs(repetition=repetition), distinct
+    matrix = centred.double().cpu().numpy()
+    effective = max(distinct - 1, 1)
+    variances = np.einsum("ij,ij->j", matrix, matrix) / (repetition * effective)
+    right = spec.right_vectors.detach().double().cpu().numpy()
+    tops, sample = None, 0
+    if null == "permutation":
+        unique = np.unique(matrix, axis=0)
+        tops = nulls.permuted_top_values(unique, BATCH_PERMUTATIONS, int(generator.integers(1 << 31)))
+        sample = unique.shape[0]
+    return NullInputs(variances=variances, vectors=lambda k: right[:, :k], permuted_tops=tops, permuted_rows=sample,
+                      repetition=repetition), distinct
 
 
 class BandTracker:
@@ -137,12 +165,17 @@ class BandTracker:
         self.edge: float | None = None
         self.threshold: float | None = None
 
-    def update(self, singular_values: np.ndarray, n: int, d: int) -> np.ndarray:
-        """Band labels (0 strong, 1 weak, 2 noise) of ``singular_values`` of a centred ``n x d`` batch."""
+    def update(self, singular_values: np.ndarray, n: int, d: int, inputs: NullInputs | None = None,
+               distinct: int | None = None) -> np.ndarray:
+        """Band labels (0 strong, 1 weak, 2 noise) of ``singular_values`` of a centred ``n x d`` batch.
+
+        ``inputs`` are what the null needs (:func:`batch_null_inputs`); ``distinct`` the batch's distinct rows.
+        """
         values = np.asarray(singular_values, dtype=np.float64)
         floor = self.floor_ratio * float(values[0]) if values.size else 0.0
         kept = values[:min(n - 1, d)]  # centring removes one dimension, as in analyze
-        part = spectrum.partition_spectrum(kept, max(n - 1, 2), d, self.options, floor=floor)
+        effective = max(min(distinct or n, n) - 1, 2)
+        part = spectrum.partition_spectrum(kept, effective, d, self.options, floor=floor, inputs=inputs)
         if part.partitioned:  # a degenerate batch (rank < 2, no noise bulk) has no edge to smooth in
             keep = self.momentum if self.edge is not None else 0.0
             self.edge = keep * (self.edge or 0.0) + (1 - keep) * part.edge

@@ -122,6 +122,30 @@ class NoiseEstimator(str, Enum):
     iqr = "iqr"
 
 
+class Null(str, Enum):
+    ddpa = "ddpa"
+    dpa = "dpa"
+    mp = "mp"
+    permutation = "permutation"
+
+
+NULL_PANEL = "Noise null, sample size and uncertainty"
+
+
+def null_option():
+    return typer.Option(Null.ddpa, "--null", help="Noise null that places the noise edge.", rich_help_panel=NULL_PANEL)
+
+
+def null_repeats_option():
+    return typer.Option(10, "--null-repeats", metavar="R", help="permutation: column permutations.", min=1,
+                        rich_help_panel=NULL_PANEL)
+
+
+def null_rows_option():
+    return typer.Option(10000, "--null-rows", metavar="N", help="permutation: rows of the permuted sample.", min=2,
+                        rich_help_panel=NULL_PANEL)
+
+
 class StrongRule(str, Enum):
     iqr = "iqr"
     gd = "gd"
@@ -192,6 +216,23 @@ OPTION_DETAILS = {
                             "frequency); none: nothing.",
         "--split-image": "The energies of its band components go into the JSON report.",
         "--split-out": "One (K, h, w, c) array per set.",
+        "--null": "ddpa (default): independent columns with the matrix's own variances (generalized "
+                  "Marchenko-Pastur edge), deflated so that strong components do not hide weaker ones; dpa: the same "
+                  "without deflation; mp: one noise level for every entry (the paper's reading; --noise-estimator "
+                  "gives it); permutation: Horn's parallel analysis on column-permuted row samples. See "
+                  "docs/method.md section 3b for the evidence behind the default.",
+        "--null-repeats": "The permutation null's edge is the 1 - edge-level quantile of the permuted top "
+                          "singular values.",
+        "--null-rows": "A seeded uniform sample of rows (all rows when there are fewer); its edge is carried to n "
+                       "rows by the generalized law.",
+        "--scale": "For each size N, --repeats seeded random subsets of N rows are partitioned like the whole set, "
+                   "in the same pass: the JSON's scale list gives the mean and sd of each band's share and count.",
+        "--repeats": "Subsets per --scale size.",
+        "--bootstrap": "Intervals by the delete-a-block jackknife: the rows split into R hash blocks whose partial "
+                       "sums the single pass keeps (memory R d^2); each statistic is recomputed without each block. "
+                       "Adds energy_share_ci and count_ci to every band, noise.edge_ci and "
+                       "metrics.effective_rank_ci. (A row bootstrap would repeat rows, which shifts the noise bulk.)",
+        "--ci-level": "Coverage of the --bootstrap intervals.",
     },
     "extract": {
         "--out": "Its work folder OUT.partial/ holds the finished chunks until the end, so that a run that stops "
@@ -265,8 +306,21 @@ def analyze(
     split_out: Optional[str] = typer.Option(
         None, "--split-out", help="Write the --split-image components here (.npz).", metavar="PATH",
         rich_help_panel="Band views"),
+    null: Null = null_option(),
+    null_repeats: int = null_repeats_option(),
+    null_rows: int = null_rows_option(),
+    scale: Optional[str] = typer.Option(
+        None, "--scale", metavar="N1,N2,..", help="Also band shares of random subsets of these sizes.",
+        rich_help_panel=NULL_PANEL),
+    repeats: int = typer.Option(10, "--repeats", metavar="R", help="Subsets per --scale size.", min=1,
+                                rich_help_panel=NULL_PANEL),
+    bootstrap: Optional[int] = typer.Option(
+        None, "--bootstrap", metavar="R", help="Jackknife intervals over R blocks of rows.", min=2,
+        rich_help_panel=NULL_PANEL),
+    ci_level: float = typer.Option(0.9, "--ci-level", help="Coverage of the --bootstrap intervals (0 to 1).",
+                                   rich_help_panel=NULL_PANEL),
 ) -> None:
-    """Spectrum of embedding sets: MP/IQR partition into strong / weak / noise bands, energy shares, metrics.
+    """Spectrum of embedding sets: strong / weak / noise bands under a noise null, energy shares, metrics.
 
     With --bands or --spatial-bands, also the FITMM SVD bands and the Prism spatial-frequency bands.
     \f
@@ -295,7 +349,9 @@ def analyze(
         strong_rule=strong_rule.value, iqr_k=iqr_k, energy=energy.value, top_k=top_k, sample=sample,
         seed=seed, drop_nonfinite=drop_nonfinite, alpha_window=tuple(alpha_window), block_rows=block_rows,
         device=device, bands=bands, band_starts=_index_list(band_starts, "--band-starts"), spatial_bands=spatial_bands,
-        spatial_smooth=smooth, spatial_center=spatial_center.value, split_image=split_image,
+        spatial_smooth=smooth, spatial_center=spatial_center.value, split_image=split_image, null=null.value,
+        null_repeats=null_repeats, null_rows=null_rows, scale=_index_list(scale, "--scale"), repeats=repeats,
+        bootstrap=bootstrap, ci_level=ci_level,
     )
     world = current_world()
     console_err = stderr_console()

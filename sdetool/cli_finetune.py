@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from sdetool.cli import (DEFAULT_DATA, DEFAULT_MODEL, NoiseEstimator, Precision, StrongRule, app, fail, handles_errors,
-                         stderr_console)
+from sdetool.cli import (DEFAULT_DATA, DEFAULT_MODEL, NoiseEstimator, Null, Precision, StrongRule, app, fail,
+                         handles_errors, stderr_console)
 from sdetool.clihelp import HelpCommand
 from sdetool.progressbar import progress_for
 
@@ -87,6 +87,10 @@ OPTION_DETAILS = {
         "--w-snr": "0 switches the term off.",
         "--warmup": "r(t) rises from 0 to 1 over this share of training, then stays at 1.",
         "--noise-estimator": "The noise level of each batch's partition, as in analyze (iqr is not offered).",
+        "--null": "The noise null of each batch's partition, as in analyze --null; computed from the batch itself "
+                  "(its column variances and singular vectors; permutation: 10 column permutations of the batch, "
+                  "about 10 eigendecompositions more per step). Repeated rows (a batch of captions often repeats "
+                  "some) count once.",
         "--strong-rule": "The strong threshold of each batch's partition, as in analyze.",
         "--momentum": "The momentum of the moving averages of the batch noise edge and strong threshold.",
     },
@@ -164,6 +168,8 @@ def finetune(
     momentum: float = typer.Option(0.9, "--momentum", rich_help_panel=SDE_PANEL, help="EMA of the batch thresholds."),
     noise_estimator: NoiseEstimator = typer.Option(NoiseEstimator.median, "--noise-estimator", rich_help_panel=SDE_PANEL,
                                                    help="Batch noise estimator."),
+    null: Null = typer.Option(Null.ddpa, "--null", rich_help_panel=SDE_PANEL,
+                              help="Noise null of the batch partition (as in analyze)."),
     strong_rule: StrongRule = typer.Option(StrongRule.iqr, "--strong-rule", rich_help_panel=SDE_PANEL,
                                            help="Batch strong rule."),
 ) -> None:
@@ -184,7 +190,8 @@ def finetune(
                            gamma_weak=gamma_weak, rho_0=rho_0, rho_min=rho_min, eta=eta, lambda_0=lambda_0,
                            lambda_min=lambda_min, hellinger_weight=w_hellinger, subspace_weight=w_subspace,
                            snr_weight=w_snr, subspace_k=subspace_k, ramp=ramp.value, warmup=warmup, momentum=momentum,
-                           partition=PartitionOptions(noise_estimator=noise_estimator.value, strong_rule=strong_rule.value))
+                           partition=PartitionOptions(noise_estimator=noise_estimator.value, strong_rule=strong_rule.value,
+                                                      null=null.value))
     except ValueError as error:
         fail(f"SDE option: {error}")
     options = FinetuneOptions(loss=loss.value, target=target.value, steps=steps, batch_size=batch_size,

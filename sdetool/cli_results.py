@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sdetool.cli import (Energy, NoiseEstimator, SpatialCenter, StrongRule, app, finish_checks, handles_errors,
-                         stderr_console)
+from sdetool.cli import (NULL_PANEL, Energy, NoiseEstimator, Null, SpatialCenter, StrongRule, app, finish_checks,
+                         handles_errors, null_option, null_repeats_option, null_rows_option, stderr_console)
 from sdetool.clihelp import HelpCommand
 from sdetool.progressbar import progress_for
 
@@ -37,6 +37,10 @@ OPTION_DETAILS = {
         "--bands": "FITMM SVD bands, as analyze --bands.",
         "--spatial-bands": "Prism bands of the inputs' token grids, as analyze --spatial-bands.",
         "--spatial-center": "As analyze --spatial-center.",
+        "--null": "As analyze --null: the noise null of the inputs analyzed here.",
+        "--equal-n": "Two inputs both analyzed here (stores, arrays, runs with exported embeddings) are analyzed at "
+                     "the same n, a seeded subsample of the larger: band shares depend on n. Reports whose n differ "
+                     "by more than 10% get a note and n_mismatch: true.",
     },
     "plot": {
         "KIND": "spectrum: singular values, noise edge, strong threshold, bands, MP density; energy: cumulative "
@@ -50,6 +54,8 @@ OPTION_DETAILS = {
         "--drop-nonfinite": "Of the inputs analyzed here.",
         "--spatial-bands": "Of the stores analyzed here.",
         "--spatial-center": "As analyze --spatial-center.",
+        "--scale": "Default: 128, 256, 512, ... below the store's row count. Reports must hold a scale list "
+                   "(analyze --scale).",
     },
     "reproduce": {
         "--out": "It receives README.md, the figures, stores, runs and reports.",
@@ -98,6 +104,11 @@ def compare(
     smooth: bool = typer.Option(False, "--smooth", help="Raised-cosine band masks.", rich_help_panel=BANDS_PANEL),
     spatial_center: SpatialCenter = typer.Option(SpatialCenter.channel, "--spatial-center",
                                                  help="Means removed before the FFT.", rich_help_panel=BANDS_PANEL),
+    null: Null = null_option(),
+    null_repeats: int = null_repeats_option(),
+    null_rows: int = null_rows_option(),
+    equal_n: bool = typer.Option(True, "--equal-n/--no-equal-n", help="Analyse both sides at the same n.",
+                                 rich_help_panel=NULL_PANEL),
 ) -> None:
     """Before/after: band counts and energy shares with their change, metrics, accuracy, strong-subspace angles.
 
@@ -115,10 +126,11 @@ def compare(
     options = AnalysisOptions(center=center, noise_estimator=noise_estimator.value, strong_rule=strong_rule.value,
                               edge_level=edge_level, iqr_k=iqr_k, energy=energy.value, sample=sample, seed=seed,
                               drop_nonfinite=drop_nonfinite, bands=bands, spatial_bands=spatial_bands,
-                              spatial_smooth=smooth, spatial_center=spatial_center.value)
+                              spatial_smooth=smooth, spatial_center=spatial_center.value, null=null.value,
+                              null_repeats=null_repeats, null_rows=null_rows)
     console_err = stderr_console()
     progress = progress_for(console_err, quiet)
-    document = run_compare(inputs, key, options, progress).to_dict()
+    document = run_compare(inputs, key, options, progress, equal_n=equal_n).to_dict()
     outcomes = checks.evaluate(parsed_checks, document)
     if json_path:
         report.write_json(document, json_path)
@@ -133,13 +145,14 @@ class PlotKind(str, Enum):
     bands = "bands"
     training = "training"
     tokens = "tokens"
+    scale = "scale"
 
 
-@app.command(cls=HelpCommand, short_help="Draw a figure: spectrum, energy, bands, training or tokens.")
+@app.command(cls=HelpCommand, short_help="Draw a figure: spectrum, energy, bands, training, tokens or scale.")
 @handles_errors
 def plot(
     kind: PlotKind = typer.Argument(..., metavar="KIND", show_default=False,
-                                    help="The figure: spectrum, energy, bands, training or tokens."),
+                                    help="The figure: spectrum, energy, bands, training, tokens or scale."),
     inputs: List[str] = typer.Argument(..., metavar="INPUT", show_default=False,
                                        help="Reports, stores, runs or comparisons, overlaid in order."),
     out: str = typer.Option(..., "--out", "-o", help="The figure to write: .png, .svg or .pdf.", metavar="PATH"),
@@ -154,18 +167,26 @@ def plot(
     smooth: bool = typer.Option(False, "--smooth", help="tokens: raised-cosine band masks."),
     spatial_center: SpatialCenter = typer.Option(SpatialCenter.channel, "--spatial-center",
                                                  help="tokens: means removed before the FFT."),
+    null: Null = typer.Option(Null.ddpa, "--null", help="Noise null of the stores analyzed here."),
+    scale: Optional[str] = typer.Option(None, "--scale", metavar="N1,N2,..",
+                                        help="scale: subset sizes of stores analyzed here."),
+    repeats: int = typer.Option(10, "--repeats", metavar="R", help="scale: subsets per size.", min=1),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no confirmation line."),
 ) -> None:
-    """Draw a figure from results: spectrum, energy, bands (the energy-redistribution figure), training or tokens."""
+    """Draw a figure from results: spectrum, energy, bands (the energy-redistribution figure), training, tokens
+    or scale (band shares against n)."""
     from sdetool.analysis import AnalysisOptions
+    from sdetool.cli import _index_list
     from sdetool.figures import PlotOptions, plot as run_plot
 
     console_err = stderr_console()
     progress = progress_for(console_err, quiet)
+    views = {"spatial_bands": spatial_bands, "spatial_smooth": smooth, "spatial_center": spatial_center.value} \
+        if kind == PlotKind.tokens else {}
+    analysis = AnalysisOptions(drop_nonfinite=drop_nonfinite, null=null.value, scale=_index_list(scale, "--scale"),
+                               repeats=repeats, **views)
     options = PlotOptions(keys=tuple(key or ()), labels=tuple(label or ()), loglog=loglog, title=title,
-                          analysis=AnalysisOptions(drop_nonfinite=drop_nonfinite, **(
-                              {"spatial_bands": spatial_bands, "spatial_smooth": smooth,
-                               "spatial_center": spatial_center.value} if kind == PlotKind.tokens else {})), dpi=dpi)
+                          analysis=analysis, dpi=dpi)
     result = run_plot(kind.value, inputs, out, options, progress)
     if not quiet:
         console_err.print(f"wrote {escape(result['out'])} ({kind.value}: {escape(', '.join(result['series']))})")

@@ -34,7 +34,8 @@ SET_METRICS = ("effective_rank", "stable_rank", "participation_ratio", "power_la
 CROSS_METRICS = ("hellinger", "subspace_overlap", "modality_gap")
 RUN_STAGES = STAGES
 # analysis options that change where the band boundaries fall or what a share measures
-PARTITION_OPTIONS = ("center", "l2", "noise_estimator", "edge_level", "strong_rule", "iqr_k", "energy")
+PARTITION_OPTIONS = ("center", "l2", "null", "noise_estimator", "edge_level", "strong_rule", "iqr_k", "energy")
+N_TOLERANCE = 0.1  # two sides whose n differ by more than this fraction have band shares that are not comparable
 BAND_VIEWS = ("svd_bands", "spatial_bands")  # the FITMM and Prism views, when the analyses have them
 
 
@@ -48,6 +49,7 @@ class SetState:
     strong_basis: np.ndarray | None = None  # (d, k_strong), orthonormal
     partition: dict | None = None  # the analysis options that shape the bands (PARTITION_OPTIONS), when known
     views: dict = field(default_factory=dict)  # "svd_bands" / "spatial_bands" -> ((share of band 0, 1, ...), signature)
+    n: int | None = None  # the rows the bands were computed on
     notes: tuple = ()  # a degenerate set's analysis notes: why its null values are null
 
 
@@ -114,9 +116,12 @@ def state_from_analysis(document: dict, label: str, source: str) -> State:
                  for name in BANDS}
         metrics_found = entry.get("metrics") or {}
         options = entry.get("options") or {}
+        partition = {name: options[name] for name in PARTITION_OPTIONS if name in options} or None
+        if partition is not None and "null" not in partition:
+            partition["null"] = "mp"  # a report from before the nulls: the single-sigma law
         sets[key] = SetState(bands, {name: metrics_found.get(name) for name in SET_METRICS}, entry.get("dim"),
-                             partition={name: options[name] for name in PARTITION_OPTIONS if name in options} or None,
-                             views=_views(entry), notes=_degenerate_notes(entry))
+                             partition=partition, views=_views(entry), notes=_degenerate_notes(entry),
+                             n=entry.get("n", entry.get("n_samples")))
     cross = {name: {metric: pair.get(metric) for metric in CROSS_METRICS}
              for name, pair in (document.get("cross") or {}).items()}
     return State(label, source, sets, cross)
@@ -193,7 +198,7 @@ def state_from_evaluation(stage: dict, label: str, source: str) -> State:
     sets = {}
     for key, entry in stage.get("bands", {}).items():
         bands = {name: {"count": entry[name]["count"], "energy_share": entry[name]["energy_share"]} for name in BANDS}
-        sets[key] = SetState(bands, {"effective_rank": entry.get("effective_rank")})
+        sets[key] = SetState(bands, {"effective_rank": entry.get("effective_rank")}, n=stage.get("pairs"))
     return State(label, source, sets, {}, evaluation_summary(stage))
 
 
@@ -224,6 +229,8 @@ class Comparison:
         return {
             "before_key": before_key,
             "after_key": after_key,
+            "n": change(first.n, second.n),
+            "n_mismatch": n_mismatch(first.n, second.n),
             "bands": bands,
             "metrics": {m: change(first.metrics.get(m), second.metrics.get(m)) for m in SET_METRICS},
             "strong_subspace": strong_subspace(first, second),
@@ -244,16 +251,25 @@ class Comparison:
             if "zero_shot_accuracy" in self.before.evaluation and "zero_shot_accuracy" in self.after.evaluation:
                 evaluation["zero_shot_accuracy"] = change(self.before.evaluation["zero_shot_accuracy"],
                                                           self.after.evaluation["zero_shot_accuracy"])
+        sets = {name: self._set(a, b) for name, a, b in self.pairs}
         return {
             "schema": SCHEMA,
             "before": {"label": self.before.label, "source": self.before.source},
             "after": {"label": self.after.label, "source": self.after.source},
-            "sets": {name: self._set(a, b) for name, a, b in self.pairs},
+            "n_mismatch": any(entry["n_mismatch"] for entry in sets.values()),
+            "sets": sets,
             "cross": cross,
             "evaluation": evaluation,
             "notes": list(self.notes),
             "sdetool_version": __version__,
         }
+
+
+def n_mismatch(before: int | None, after: int | None) -> bool | None:
+    """Whether two row counts differ by more than :data:`N_TOLERANCE` of the larger (None when one is unknown)."""
+    if not before or not after:
+        return None
+    return abs(before - after) > N_TOLERANCE * max(before, after)
 
 
 def strong_subspace(first: SetState, second: SetState) -> dict | None:
@@ -310,6 +326,10 @@ def compare_states(before: State, after: State, keys: list[str] | None = None) -
             extra.append(f"{name}: the two sides were analysed with different options ({', '.join(differing)}): the "
                          f"bands are not comparable; analyze both alike")
         extra += [f"{name}: {why}" for why in (view_mismatch(first, second, view) for view in BAND_VIEWS) if why]
+        if n_mismatch(first.n, second.n):
+            extra.append(f"{name}: the two sides have n = {first.n:,} and n = {second.n:,} rows: band shares depend on "
+                         f"n (the noise edge falls like 1 / sqrt(n)), so they are not comparable; compare stores at "
+                         f"equal n (the default when compare analyses them) or analyze both with --sample")
         extra += [f"{name} ({side.label}): {note}" for side, state in ((before, first), (after, second))
                   for note in state.notes]
     return Comparison(before, after, pairs, notes + tuple(extra))
@@ -383,17 +403,46 @@ def open_states(path: str, analyze_options=None, progress=None, keys=None) -> li
     return [analyze_state(path, label, analyze_options, progress, keys)]
 
 
-def compare(inputs: list[str], keys: list[str] | None = None, analyze_options=None, progress=None) -> Comparison:
+def rows_analysed_here(path: str, keys=None) -> int | None:
+    """The rows ``compare`` would analyse of an input (the fewest of its sets), or None for a report."""
+    from sdetool.sources import open_inputs
+
+    if os.path.isdir(path):
+        store = os.path.join(path, exported_store("after"))
+        return rows_analysed_here(store, keys) if os.path.isfile(store) else None
+    if path.lower().endswith(".json"):
+        return None
+    opened = open_inputs([path], keys)
+    return min(sum(shard.shape[0] for shard in shards) for shards in opened.values())
+
+
+def equal_n_options(inputs: list[str], keys, options) -> list:
+    """Per input, the analysis options that analyse both sides at the same n: a seeded subsample of the larger."""
+    from sdetool.analysis import AnalysisOptions
+
+    options = options or AnalysisOptions()
+    rows = [rows_analysed_here(path, keys) for path in inputs]
+    if len(rows) != 2 or None in rows or rows[0] == rows[1]:
+        return [options] * len(inputs)
+    target = min(min(rows), options.sample or min(rows))
+    return [replace(options, sample=target) if count > target else options for count in rows]
+
+
+def compare(inputs: list[str], keys: list[str] | None = None, analyze_options=None, progress=None,
+            equal_n: bool = True) -> Comparison:
     """Compare two inputs (before, after), or the two stages of one fine-tuning run.
 
-    A run given as one of two inputs stands for its state *after* training (to compare two runs).
+    A run given as one of two inputs stands for its state *after* training (to compare two runs). Two
+    inputs both analysed here (stores, arrays, runs with exported embeddings) are analysed at the same
+    n, a seeded subsample of the larger, unless ``equal_n`` is False: band shares depend on n.
     """
     if len(inputs) not in (1, 2):
         raise BadInputError(f"compare takes two inputs (before, after) or one fine-tuning run, got {len(inputs)}")
     if len(inputs) == 1 and not (os.path.isdir(inputs[0]) or inputs[0].lower().endswith(".json")):
         raise BadInputError(f"{inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
                             f"two inputs to compare reports or stores")
-    states = [open_states(path, analyze_options, progress, keys) for path in inputs]
+    per_input = equal_n_options(inputs, keys, analyze_options) if equal_n else [analyze_options] * len(inputs)
+    states = [open_states(path, options, progress, keys) for path, options in zip(inputs, per_input)]
     if len(inputs) == 1:
         if len(states[0]) != 2:
             raise BadInputError(f"{inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
@@ -410,7 +459,7 @@ def compare_paths() -> dict:
 
     delta = dict.fromkeys(["before", "after", "delta"])
     one = {
-        "before_key": None, "after_key": None,
+        "before_key": None, "after_key": None, "n": delta, "n_mismatch": None,
         "bands": {band: {"count": delta, "energy_share": delta} for band in BANDS},
         "metrics": {name: delta for name in SET_METRICS},
         "strong_subspace": dict.fromkeys(["k_before", "k_after", "principal_angles_deg", "overlap"]),
@@ -419,6 +468,7 @@ def compare_paths() -> dict:
     return {
         **one,
         "schema": None, "before": dict.fromkeys(["label", "source"]), "after": dict.fromkeys(["label", "source"]),
+        "n_mismatch": None,
         "sets": {ANY: one},
         "cross": {ANY: {name: delta for name in CROSS_METRICS}},
         "evaluation": {"zero_shot_accuracy": delta, "recall": {ANY: delta}},

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdetool.errors import BadInputError
-from sdetool.gram import GramState, RowSample
+from sdetool.gram import GramState
+from sdetool.rowsets import RowSample
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def all_reduce_state(state: GramState, world: World) -> GramState:
     unit_sum = _all_reduce(state.unit_sum)
     first = _all_reduce(np.array([np.inf if state.first_nonfinite is None else state.first_nonfinite]), smallest=True)
     sample, keys = _gather_samples(state)
+    blocks = None if state.blocks is None else tuple(all_reduce_state(block, world) for block in state.blocks)
     return GramState(
         n=n,
         mean=mean,
@@ -93,7 +95,20 @@ def all_reduce_state(state: GramState, world: World) -> GramState:
         entry_sample=sample,
         entry_keys=keys,
         sample_rows=state.sample_rows,
+        fingerprints=_gather_fingerprints(state),
+        blocks=blocks,
     )
+
+
+def _gather_fingerprints(state: GramState) -> np.ndarray | None:
+    """The union of every rank's distinct row fingerprints (the distinct rows of the whole set)."""
+    if state.fingerprints is None:
+        return None
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state.fingerprints)
+    return np.unique(np.concatenate(gathered))
 
 
 def _gather_samples(state: GramState) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -16,7 +16,7 @@ from sdetool.errors import BadInputError
 from sdetool.runfolder import STAGES, exported_store
 from sdetool.spectrum import BANDS
 
-KINDS = ("spectrum", "energy", "bands", "training", "tokens")
+KINDS = ("spectrum", "energy", "bands", "training", "tokens", "scale")
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,45 @@ def token_series(paths: list[str], options: PlotOptions, progress=None) -> list[
     return series
 
 
+def default_sizes(rows: int) -> tuple[int, ...]:
+    """Subset sizes for a store analysed here without ``--scale``: 128, 256, ... below ``rows``."""
+    sizes, size = [], 128
+    while size < rows:
+        sizes.append(size)
+        size *= 2
+    return tuple(sizes) or (max(rows // 2, 2),)
+
+
+def scale_series(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
+    """``(label, analysis set document with a scale list)`` per set of every input.
+
+    Reports must hold ``scale`` (``analyze --scale``); stores are analysed here with the options' ``--scale``
+    sizes, or powers of two from 128 below their row count.
+    """
+    from dataclasses import replace
+
+    from sdetool.analysis import AnalysisOptions, analyze
+    from sdetool.compare import rows_analysed_here
+
+    series = []
+    for path in paths:
+        if path.lower().endswith(".json"):
+            document = _analysis_report(path, "sdetool analyze --scale N1,N2,.. --json")
+        else:
+            analysis = options.analysis or AnalysisOptions()
+            if not analysis.scale:
+                analysis = replace(analysis, scale=default_sizes(rows_analysed_here(path, list(options.keys) or None)))
+            document = analyze(path, keys=list(options.keys) or None, options=analysis, progress=progress,
+                               local=True).to_dict()
+        entries = _set_documents(document, options.keys, path)
+        without = [key for key, entry in entries.items() if not entry.get("scale")]
+        if without:
+            raise BadInputError(f"{path}: set {without[0]} has no band shares against n; analyze it with --scale "
+                                f"N1,N2,.. (or give the store here)")
+        series += [(_stem(path) if len(entries) == 1 else f"{_stem(path)} {key}", entry) for key, entry in entries.items()]
+    return series
+
+
 def band_states(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
     """``(label, {key: {band: share}})`` per state: reports and stores give one, runs and comparisons two.
 
@@ -201,7 +240,7 @@ def _relabel(items: list, labels: tuple[str, ...]) -> list:
 
 
 def plot(kind: str, inputs: list[str], out: str, options: PlotOptions = PlotOptions(), progress=None) -> dict:
-    """Draw figure ``kind`` (spectrum, energy, bands, training) from ``inputs`` into ``out`` (.png/.svg/.pdf).
+    """Draw figure ``kind`` (one of :data:`KINDS`) from ``inputs`` into ``out`` (.png/.svg/.pdf).
 
     Returns
     -------
@@ -230,6 +269,9 @@ def plot(kind: str, inputs: list[str], out: str, options: PlotOptions = PlotOpti
     elif kind == "bands":
         items = _relabel(band_states(inputs, options, progress), options.labels)
         figure = plots.bands_figure(items, title=options.title)
+    elif kind == "scale":
+        items = _relabel(scale_series(inputs, options, progress), options.labels)
+        figure = plots.scale_figure(items, title=options.title)
     else:
         items = _relabel(analysis_series(inputs, options, progress), options.labels)
         figure = (plots.spectrum_figure(items, loglog=options.loglog, title=options.title) if kind == "spectrum"

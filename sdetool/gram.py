@@ -11,11 +11,12 @@ Pure numpy: no files, no printing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from sdetool.errors import BadInputError
+from sdetool.rowsets import RowFingerprints, RowSample, merge_samples, row_keys
 
 
 @dataclass
@@ -47,6 +48,12 @@ class GramState:
         The sampling keys of ``entry_sample``, so that samples of several states merge.
     sample_rows : int
         Capacity of the row sample (a merged sample keeps at most this many rows).
+    fingerprints : ndarray of uint64 or None
+        The distinct row fingerprints (:class:`sdetool.rowsets.RowFingerprints`): their count is the
+        number of distinct rows.
+    blocks : tuple of GramState or None
+        The statistics of each jackknife block (rows split by a hash of their position), whose union is
+        this state (:mod:`sdetool.jackknife`).
     """
 
     n: int
@@ -60,10 +67,31 @@ class GramState:
     entry_sample: np.ndarray | None = None
     entry_keys: np.ndarray | None = None
     sample_rows: int = 0
+    fingerprints: np.ndarray | None = None
+    blocks: tuple | None = None
 
     @property
     def dim(self) -> int:
         return int(self.mean.shape[0])
+
+    @property
+    def distinct_rows(self) -> int | None:
+        """Rows that are not repeats of another (to working precision); None when not tracked."""
+        return None if self.fingerprints is None else int(self.fingerprints.size)
+
+    def without(self, part: "GramState") -> "GramState":
+        """The statistics of this state's rows less those of ``part``, a subset of them (jackknife).
+
+        Inverts :meth:`merge`: ``S_rest = S - S_part - (n_rest n_part / n) (m_rest - m_part)(m_rest - m_part)^T``.
+        Only ``n``, ``mean`` and ``scatter`` are meaningful (no unit sums, samples, rows or fingerprints).
+        """
+        rest = self.n - part.n
+        if rest <= 0:
+            return GramState(0, np.zeros(self.dim), np.zeros((self.dim, self.dim)), np.zeros(self.dim))
+        mean = (self.mean * self.n - part.mean * part.n) / rest
+        delta = mean - part.mean
+        scatter = self.scatter - part.scatter - np.outer(delta, delta) * (rest * part.n / self.n)
+        return GramState(n=rest, mean=mean, scatter=0.5 * (scatter + scatter.T), unit_sum=np.zeros(self.dim))
 
     def gram(self, centered: bool = True) -> np.ndarray:
         """``X^T X`` of the centred (default) or raw rows, shape (d, d), float64."""
@@ -86,7 +114,14 @@ class GramState:
         rows = None
         if self.rows is not None and other.rows is not None:
             rows = np.concatenate([self.rows, other.rows])
-        sample, keys = _merge_samples(self, other)
+        sample, keys = merge_samples((self.entry_sample, self.entry_keys), (other.entry_sample, other.entry_keys),
+                                     max(self.sample_rows, other.sample_rows), self.dim)
+        fingerprints = None
+        if self.fingerprints is not None and other.fingerprints is not None:
+            fingerprints = np.union1d(self.fingerprints, other.fingerprints)
+        blocks = None
+        if self.blocks is not None and other.blocks is not None:
+            blocks = tuple(a.merge(b) for a, b in zip(self.blocks, other.blocks))
         return GramState(
             n=n,
             mean=mean,
@@ -99,68 +134,12 @@ class GramState:
             entry_sample=sample,
             entry_keys=keys,
             sample_rows=max(self.sample_rows, other.sample_rows),
+            fingerprints=fingerprints,
+            blocks=blocks,
         )
 
 
-def _merge_samples(a: GramState, b: GramState) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if a.entry_sample is None or b.entry_sample is None:
-        return (a.entry_sample if b.entry_sample is None else b.entry_sample,
-                a.entry_keys if b.entry_keys is None else b.entry_keys)
-    merged = RowSample(max(a.sample_rows, b.sample_rows, len(a.entry_keys), len(b.entry_keys)), a.dim, seed=0)
-    merged.add(a.entry_keys, a.entry_sample)
-    merged.add(b.entry_keys, b.entry_sample)
-    return merged.sorted()
-
-
 _SUB_ROWS = 256  # rows per cache-resident slice: 256 x 768 float64 = 1.5 MiB
-
-
-def row_keys(positions: np.ndarray, seed: int) -> np.ndarray:
-    """Uniform pseudo-random numbers in [0, 1) that depend only on ``(seed, position)`` (splitmix64)."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(positions, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-class RowSample:
-    """A uniform sample of at most ``capacity`` rows by bottom-k keys (see :func:`row_keys`).
-
-    Every row gets a pseudo-random key hashed from ``(seed, position)``; the rows with the smallest
-    keys are a uniform sample without replacement, whatever the chunking, sharding or rank, and
-    samples of disjoint row sets merge by key.
-    """
-
-    def __init__(self, capacity: int, dim: int, seed: int) -> None:
-        self.capacity = capacity
-        self.seed = seed
-        self.rows = np.empty((0, dim), dtype=np.float64)
-        self.keys = np.empty(0, dtype=np.float64)
-
-    def candidates(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Indices (into ``positions``) of the rows that could enter the sample, and their keys."""
-        keys = row_keys(positions, self.seed)
-        if self.keys.size >= self.capacity:
-            chosen = np.flatnonzero(keys < self.keys.max())
-            return chosen, keys[chosen]
-        return np.arange(keys.size), keys
-
-    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        """The rows and keys in ascending key order."""
-        order = np.argsort(self.keys, kind="stable")
-        return self.rows[order], self.keys[order]
-
-    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        """Offer rows (float64, shape (k, d)) with their keys; keep the ``capacity`` smallest keys."""
-        all_keys = np.concatenate([self.keys, keys])
-        all_rows = np.concatenate([self.rows, rows])
-        if all_keys.size > self.capacity:
-            keep = np.argpartition(all_keys, self.capacity - 1)[: self.capacity]
-            all_keys, all_rows = all_keys[keep], all_rows[keep]
-        self.keys, self.rows = all_keys, all_rows
 
 
 def raise_overflow(positions: np.ndarray) -> None:
@@ -236,9 +215,13 @@ class GramAccumulator(RowBookkeeping):
     keep_rows : bool
         Also keep the (widened, normalised) rows, for a direct SVD when ``n < d``.
     sample_rows : int
-        Keep a uniform random sample of this many rows (0: none), for entry-wise noise estimates.
+        Keep a uniform random sample of this many rows (0: none), for entry-wise noise estimates and the
+        permutation null.
     seed : int
-        Seed of that sample.
+        Seed of that sample and of the jackknife blocks.
+    blocks : int
+        Also keep the sums of this many jackknife blocks (0: none); a row's block is a hash of its
+        position. Memory ``blocks x d^2`` float64.
 
     Examples
     --------
@@ -255,6 +238,7 @@ class GramAccumulator(RowBookkeeping):
     keep_rows: bool = False
     sample_rows: int = 0
     seed: int = 0
+    blocks: int = 0
     _buffer: np.ndarray = field(init=False, repr=False)
     _gram: np.ndarray = field(init=False, repr=False)
     _column_sum: np.ndarray = field(init=False, repr=False)
@@ -272,6 +256,10 @@ class GramAccumulator(RowBookkeeping):
         self._zero_rows = 0
         self._kept: list[np.ndarray] = []
         self._sample = RowSample(self.sample_rows, d, self.seed)
+        self._fingerprints = RowFingerprints(d)
+        self._block_n = np.zeros(self.blocks, dtype=np.int64)
+        self._block_sum = np.zeros((self.blocks, d))
+        self._block_gram = np.zeros((self.blocks, d, d)) if self.blocks else None
 
     def _buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         if self._buffer.shape[0] < rows:
@@ -306,8 +294,26 @@ class GramAccumulator(RowBookkeeping):
         if self.sample_rows:
             chosen, keys = self._sample.candidates(kept_positions[:filled])
             self._sample.add(keys, block[chosen] + self._shift)
-        self._gram += block.T @ block  # numpy dispatches A.T @ A to BLAS syrk
+        if self.blocks:
+            self._add_to_blocks(block, kept_positions[:filled])
+        else:
+            self._gram += block.T @ block  # numpy dispatches A.T @ A to BLAS syrk
         self._n += filled
+
+    def _add_to_blocks(self, block: np.ndarray, positions: np.ndarray) -> None:
+        """Add shifted rows to the sums of their jackknife blocks (the total is their sum)."""
+        from sdetool.jackknife import block_of
+
+        index = block_of(row_keys(positions, self.seed + 0x1A77), self.blocks)
+        order = np.argsort(index, kind="stable")
+        bounds = np.searchsorted(index[order], np.arange(self.blocks + 1))
+        ordered = block[order]
+        for number in range(self.blocks):
+            rows = ordered[bounds[number]:bounds[number + 1]]
+            if rows.shape[0]:
+                self._block_gram[number] += rows.T @ rows
+                self._block_sum[number] += rows.sum(axis=0)
+                self._block_n[number] += rows.shape[0]
 
     def _prepare(self, part: np.ndarray, positions: np.ndarray, buffer: np.ndarray,
                  kept_positions: np.ndarray, filled: int) -> int:
@@ -331,6 +337,7 @@ class GramAccumulator(RowBookkeeping):
             rows[:count] = rows[finite]
             rows, squares, positions = rows[:count], squares[finite], positions[finite]
         kept_positions[filled : filled + count] = positions
+        self._fingerprints.add(rows, squares)
         norms = np.sqrt(squares)
         nonzero = norms > 0
         self._zero_rows += int(count - nonzero.sum())
@@ -350,11 +357,21 @@ class GramAccumulator(RowBookkeeping):
         rows = None
         if self.keep_rows:
             rows = np.concatenate(self._kept) if self._kept else np.empty((0, self.dim))
-        return state_from_sums(
-            self._n, self._shift, self._column_sum, self._gram, self._unit_sum,
+        gram = self._block_gram.sum(axis=0) if self.blocks else self._gram
+        state = state_from_sums(
+            self._n, self._shift, self._column_sum, gram, self._unit_sum,
             counts=(self._zero_rows, self._nonfinite, self._first_nonfinite),
             sample=self._sample if self.sample_rows else None, rows=rows,
         )
+        return replace(state, fingerprints=self._fingerprints.unique(), blocks=self._block_states())
+
+    def _block_states(self) -> tuple | None:
+        """Each jackknife block's statistics (only ``n``, ``mean`` and ``scatter`` are kept)."""
+        if not self.blocks:
+            return None
+        zeros = np.zeros(self.dim)
+        return tuple(state_from_sums(int(self._block_n[k]), self._shift, self._block_sum[k], self._block_gram[k], zeros,
+                                     counts=(0, 0, None)) for k in range(self.blocks))
 
 
 def state_from_sums(
@@ -367,6 +384,7 @@ def state_from_sums(
     counts: tuple[int, int, int | None],
     sample: RowSample | None = None,
     rows: np.ndarray | None = None,
+    fingerprints: np.ndarray | None = None,
 ) -> GramState:
     """A :class:`GramState` from the sums over shifted rows ``y = x - shift``.
 
@@ -395,4 +413,5 @@ def state_from_sums(
         entry_sample=sample.rows.copy() if sample is not None else None,
         entry_keys=sample.keys.copy() if sample is not None else None,
         sample_rows=sample.capacity if sample is not None else 0,
+        fingerprints=fingerprints,
     )

@@ -15,7 +15,11 @@ import warnings
 
 import numpy as np
 
-from sdetool.gram import GramState, RowBookkeeping, RowSample, raise_overflow, state_from_sums
+from sdetool.gram import GramState, RowBookkeeping, raise_overflow, state_from_sums
+from sdetool.rowsets import RowFingerprints, RowSample
+
+
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
 
 
 class TorchGramAccumulator(RowBookkeeping):
@@ -41,6 +45,8 @@ class TorchGramAccumulator(RowBookkeeping):
         self._shift = None
         self._n = 0
         self._sample = RowSample(sample_rows, dim, seed) if sample_rows else None
+        self._fingerprints = RowFingerprints(dim)
+        self._direction = torch.from_numpy(self._fingerprints.direction).to(self.device)
 
     def _to_device(self, chunk: np.ndarray):
         with warnings.catch_warnings():  # read-only memory maps: the host tensor is never written
@@ -69,6 +75,7 @@ class TorchGramAccumulator(RowBookkeeping):
             x, squares, positions = x[finite], squares[finite], positions[~bad]
             if x.shape[0] == 0:
                 return
+        self._fingerprint(x, squares)
         norms = torch.sqrt(squares)
         nonzero = norms > 0
         self._zero_rows += (~nonzero).sum()
@@ -88,6 +95,12 @@ class TorchGramAccumulator(RowBookkeeping):
         self._gram.addmm_(x.T, x)
         self._n += int(x.shape[0])
 
+    def _fingerprint(self, x, squares) -> None:
+        """Row fingerprints on the device (row-wise sums: equal rows, equal fingerprints), keys to the host."""
+        projection = (x * self._direction).sum(dim=1) + 0.0
+        keys = projection.view(self._torch.int64) ^ (squares.view(self._torch.int64) * _GOLDEN)
+        self._fingerprints.add_keys(keys.cpu().numpy().view(np.uint64))
+
     def finalize(self) -> GramState:
         """The statistics of every row accumulated so far, as numpy arrays on the host."""
         def host(tensor):
@@ -101,4 +114,5 @@ class TorchGramAccumulator(RowBookkeeping):
             host(self._unit_sum),
             counts=(int(self._zero_rows.item()), self._nonfinite, self._first_nonfinite),
             sample=self._sample,
+            fingerprints=self._fingerprints.unique(),
         )

@@ -339,6 +339,56 @@ def training_figure(runs: list[tuple[str, list[dict]]], *, title: str | None = N
 # --- output --------------------------------------------------------------------------------------
 
 
+def scale_figure(series: list[tuple[str, dict]], *, title: str | None = None):
+    """Band energy shares against the number of rows n: one panel per band, one line per series.
+
+    Parameters
+    ----------
+    series : list of (label, set document)
+        Analysis set objects with ``scale`` (``analyze --scale``): per size, the mean and sd of each band's
+        share over the subsets. The whole set's share is drawn at its own n as a hollow marker.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Axes labelled ``strong``, ``weak`` and ``noise``.
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    figure = _figure(12, 4.2)
+    axes = figure.subplots(1, len(BANDS), sharex=True)
+    ticks = sorted({row["n"] for _, document in series for row in document["scale"]}
+                   | {document["n_samples"] for _, document in series})
+    for column, band in enumerate(BANDS):
+        panel = axes[column]
+        panel.set_label(band)
+        for position, (label, document) in enumerate(series):
+            colour = series_colour(position)
+            sizes = [row["n"] for row in document["scale"]]
+            means = [_percent(row["bands"][band]["energy_share"]["mean"]) for row in document["scale"]]
+            spreads = [_percent(row["bands"][band]["energy_share"]["sd"]) for row in document["scale"]]
+            panel.errorbar(sizes, means, yerr=spreads, color=colour, marker="o", ms=4, lw=1.4, capsize=3, label=label)
+            whole = document["bands"][band]["energy_share"]
+            if whole is not None:
+                panel.plot([document["n_samples"]], [100 * whole], marker="o", ms=7, mfc="none", color=colour)
+        panel.set_xscale("log")
+        panel.xaxis.set_major_locator(FixedLocator(ticks))
+        panel.xaxis.set_minor_locator(NullLocator())
+        panel.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        panel.tick_params(axis="x", labelrotation=45, labelsize="small")
+        panel.set_xlabel("rows n (log)")
+        panel.set_title(f"{band} band", fontsize="medium", color=BAND_COLOURS[band])
+        panel.grid(True, alpha=0.3)
+    axes[0].set_ylabel("energy share (%), mean ± sd over subsets")
+    axes[-1].legend(fontsize="small", loc="best")
+    figure.suptitle(title or "Band shares against n (hollow: the whole set)", fontsize="medium")
+    return figure
+
+
+def _percent(value):
+    return float("nan") if value is None else 100.0 * value
+
+
 def figure_format(path: str) -> str:
     """The format a path's extension names (png, svg or pdf); ValueError otherwise."""
     extension = os.path.splitext(path)[1].lower().lstrip(".")

@@ -78,9 +78,11 @@ def _set_tables(entry: dict) -> list:
         f"[bold]{entry['key']}[/]  {entry['n_samples']:,} x {entry['dim']} {entry['dtype']}"
         f"{' centred' if entry['centered'] else ''}{' l2' if entry['normalized'] else ''}"
     )
+    edge_ci = _ci(noise.get("edge_ci"), lambda v: _fmt(v))
     caption = (
-        f"noise sigma {_fmt(noise['sigma'])} ({noise['estimator']}), edge {_fmt(noise['edge'])} "
-        f"(level {noise['edge_level']}), strong threshold {_fmt(rule['threshold'])} ({rule_text})"
+        f"noise edge {_fmt(noise['edge'])}{edge_ci} ({noise.get('null', 'mp')} null, level {noise['edge_level']}); "
+        f"single-sigma fit: sigma {_fmt(noise['sigma'])} ({noise['estimator']}), bulk KS "
+        f"{_fmt((noise.get('mp_fit') or {}).get('ks'), 3)}; strong threshold {_fmt(rule['threshold'])} ({rule_text})"
     )
     bands = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     bands.add_column("band")
@@ -91,13 +93,15 @@ def _set_tables(entry: dict) -> list:
     for name, band in entry["bands"].items():
         share = band["energy_share"]
         bar = "█" * int(round((share or 0.0) * 20))
+        shown = _fmt(share) if share is None else f"{share:.2%}" + _ci(band.get("energy_share_ci"), lambda v: f"{v:.2%}")
         bands.add_row(f"[{BAND_STYLES[name]}]{name}[/]", str(band["count"]), _fmt(band["first_index"]),
-                      _fmt(share) if share is None else f"{share:.2%}", f"[{BAND_STYLES[name]}]{bar}[/]")
+                      shown, f"[{BAND_STYLES[name]}]{bar}[/]")
     scores = entry["metrics"]
     table = Table(show_header=False, box=None, padding=(0, 2))
     table.add_column(style="dim")
     table.add_column(justify="right")
-    table.add_row("effective rank", f"{_fmt(scores['effective_rank'])} ({scores['effective_rank_on']})")
+    table.add_row("effective rank", f"{_fmt(scores['effective_rank'])}{_ci(scores.get('effective_rank_ci'), _fmt)} "
+                                    f"({scores['effective_rank_on']})")
     table.add_row("stable rank", _fmt(scores["stable_rank"]))
     table.add_row("participation ratio", _fmt(scores["participation_ratio"]))
     window = scores["power_law_window"]
@@ -109,8 +113,39 @@ def _set_tables(entry: dict) -> list:
         table.add_row("dropped non-finite rows", str(entry["dropped_nonfinite"]))
     texts = entry.get("notes", []) + ([noise["note"]] if noise.get("note") else [])
     notes = [f"[yellow]note:[/] {escape(text)}" for text in dict.fromkeys(texts)]  # each once, in order
-    views = [view for view in (_svd_band_table(entry), _spatial_band_table(entry)) if view is not None]
+    views = [view for view in (_scale_table(entry), _svd_band_table(entry), _spatial_band_table(entry))
+             if view is not None]
     return [bands, table, *notes, *views]
+
+
+def _ci(bounds, show) -> str:
+    """`` [lo, hi]`` of an interval, or nothing without one."""
+    if not bounds or None in bounds:
+        return ""
+    return f" [{show(bounds[0])}, {show(bounds[1])}]"
+
+
+def _scale_table(entry: dict) -> Table | None:
+    """Band shares of the row subsets of ``--scale`` (mean ± sd over the repeats), and the whole set."""
+    rows = entry.get("scale")
+    if not rows:
+        return None
+    table = Table(title=f"[bold]{entry['key']}[/] band shares against n ({rows[0]['repeats']} subsets per n)",
+                  title_justify="left")
+    for column in ("n", "strong", "weak", "noise"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(f"{row['n']:,}", *(_mean_sd(row["bands"][name]["energy_share"]) for name in ("strong", "weak",
+                                                                                                  "noise")))
+    table.add_row(f"{entry['n_samples']:,} (all)", *(_percent(entry["bands"][name]["energy_share"])
+                                                     for name in ("strong", "weak", "noise")))
+    return table
+
+
+def _mean_sd(value: dict) -> str:
+    if value["mean"] is None:
+        return "-"
+    return f"{100 * value['mean']:.2f} ± {100 * (value['sd'] or 0.0):.2f}%"
 
 
 def _share_bar(share) -> str:

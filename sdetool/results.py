@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sdetool import __version__, spectrum
+from sdetool.nulls import KS_FIT_LIMIT
 
 SCHEMA = "sdetool.analysis/1"
 
@@ -53,6 +54,9 @@ class SetAnalysis:
     device: str = "cpu"
     svd_bands: tuple | None = None  # of bands.SvdBand (--bands / --band-starts)
     spatial_bands: object | None = None  # spatial.SpatialBands (--spatial-bands)
+    distinct_rows: int | None = None  # rows that are not repeats of another
+    intervals: dict | None = None  # statistic -> jackknife.Interval (--bootstrap)
+    scale: list | None = None  # band shares of row subsets (--scale)
 
     @property
     def singular_values(self) -> np.ndarray:
@@ -61,8 +65,13 @@ class SetAnalysis:
     @property
     def notes(self) -> list[str]:
         """Why the set is degenerate and why each null value of its report could not be computed."""
-        return [*_input_notes(self), *([self.partition.note] if self.partition.note else []),
-                *_metric_notes(self), *_view_notes(self)]
+        return [*_input_notes(self), *_sample_notes(self), *([self.partition.note] if self.partition.note else []),
+                *_fit_notes(self.partition), *_metric_notes(self), *_view_notes(self)]
+
+    def _interval(self, name: str):
+        """``[lo, hi]`` of a statistic's jackknife interval, or None without ``--bootstrap``."""
+        found = (self.intervals or {}).get(name)
+        return None if found is None else found.bounds()
 
     def to_dict(self) -> dict:
         """The ``sdetool.analysis/1`` object of this set (see ``docs/json-schema.md``)."""
@@ -75,14 +84,18 @@ class SetAnalysis:
                 "count": int(members.sum()),
                 "energy_share": _clean(part.shares[index]),
                 "first_index": int(np.argmax(members)) + 1 if members.any() else None,
+                "energy_share_ci": self._interval(f"{name}.energy_share"),
+                "count_ci": self._interval(f"{name}.count"),
             }
         return {
             "schema": SCHEMA,
             "source": self.sources[0] if len(self.sources) == 1 else list(self.sources),
             "shards": list(self.sources),
             "key": self.key,
+            "n": self.n_samples,
             "n_samples": self.n_samples,
             "n_rows": self.n_rows,
+            "distinct_rows": self.distinct_rows,
             "dim": self.dim,
             "dtype": self.dtype,
             "centered": self.centered,
@@ -94,16 +107,22 @@ class SetAnalysis:
             "dropped_nonfinite": self.dropped_nonfinite,
             "zero_rows": self.zero_rows,
             "n_effective": part.n,
-            "beta": _clean(min(part.n, part.d) / max(part.n, part.d)),
+            "beta": _clean(_beta(part)),
             "singular_values": _clean_list(part.singular_values),
             "noise": {
+                "null": options.null,
                 "estimator": options.noise_estimator,
                 "sigma": _clean(part.sigma),
                 "edge": _clean(part.edge),
+                "edge_ci": self._interval("edge"),
                 "edge_level": options.edge_level,
                 "mp_edge": _clean(part.mp_edge),
+                "mp_fit": _mp_fit(part),
                 "signal_rank": part.signal_rank,
                 "numerical_rank": part.numerical_rank,
+                "repetition": _clean(part.repetition),
+                "null_repeats": self.options.null_repeats if options.null == "permutation" else None,
+                "null_rows": self.options.null_rows if options.null == "permutation" else None,
                 "note": part.note or (None if part.numerical_rank == part.singular_values.size else (
                     f"rank-deficient at working precision: {part.singular_values.size - part.numerical_rank} "
                     f"components are numerically zero; the noise level was estimated in the "
@@ -122,7 +141,12 @@ class SetAnalysis:
                 "energy_share": _clean_list(part.component_shares),
                 "snr": _clean_list(part.snr),
             },
-            "metrics": {name: _clean(value) for name, value in self.metrics.items()},
+            "metrics": {**{name: _clean(value) for name, value in self.metrics.items()},
+                        "effective_rank_ci": self._interval("effective_rank")},
+            "uncertainty": None if not self.intervals else {
+                "method": "delete-a-block jackknife", "blocks": self.options.bootstrap,
+                "ci_level": self.options.ci_level},
+            "scale": self.scale,
             "svd_bands": self._svd_bands(),
             "spatial_bands": None if self.spatial_bands is None else self.spatial_bands.to_dict(),
             "notes": self.notes,
@@ -157,6 +181,43 @@ class SetAnalysis:
                 "snr": part.snr,
             }
         )
+
+
+def _beta(part: spectrum.SpectralPartition) -> float:
+    """``p / q`` of the noise model the partition used: ``n x m`` when the matrix is rank-deficient (rank m)."""
+    columns = part.d
+    if part.numerical_rank is not None and 2 <= part.numerical_rank < min(part.n, part.d):
+        columns = part.numerical_rank
+    if part.n < 1:
+        return float("nan")
+    return min(part.n, columns) / max(part.n, columns)
+
+
+def _mp_fit(part: spectrum.SpectralPartition) -> dict:
+    """How well the bulk follows the single-sigma Marchenko-Pastur law (Kolmogorov-Smirnov distance)."""
+    ks = _clean(part.mp_ks)
+    notes = _fit_notes(part)
+    return {"ks": ks, "fits": None if ks is None else ks <= KS_FIT_LIMIT, "limit": KS_FIT_LIMIT,
+            "note": notes[0] if notes else None}
+
+
+def _fit_notes(part: spectrum.SpectralPartition) -> list[str]:
+    """A note when the bulk is farther than :data:`KS_FIT_LIMIT` from the fitted single-sigma law."""
+    ks = _clean(part.mp_ks)
+    if ks is None or ks <= KS_FIT_LIMIT:
+        return []
+    return [f"the noise bulk does not follow one Marchenko-Pastur law (Kolmogorov-Smirnov distance {ks:.3f} > "
+            f"{KS_FIT_LIMIT}): the columns' variances differ or the noise is not white, which the single-sigma mp "
+            f"null reads as signal"]
+
+
+def _sample_notes(result: SetAnalysis) -> list[str]:
+    """Repeated rows: what the partition took as the sample."""
+    distinct, n = result.distinct_rows, result.n_samples
+    if distinct is None or distinct >= n or n < 2:
+        return []
+    return [f"repeated rows: {n:,} rows but only {distinct:,} distinct; the partition treats the distinct rows as the "
+            f"sample (n = {result.partition.n:,}), since a repeated row adds no direction"]
 
 
 def _input_notes(result: SetAnalysis) -> list[str]:
@@ -297,19 +358,26 @@ def report_paths() -> dict:
     """The skeleton of every path a report can have, for checking ``--fail-if`` before a run."""
     from sdetool.checks import ANY, INDEX
 
-    band = {"count": None, "energy_share": None, "first_index": None}
+    band = dict.fromkeys(["count", "energy_share", "first_index", "energy_share_ci", "count_ci"])
+    shares = {name: {"energy_share": dict.fromkeys(["mean", "sd"]), "count": dict.fromkeys(["mean", "sd"])}
+              for name in spectrum.BANDS}
     one = {
         "schema": None, "source": None, "shards": None, "key": None, "n_samples": None, "n_rows": None,
+        "n": None, "distinct_rows": None,
+        "uncertainty": dict.fromkeys(["method", "blocks", "ci_level"]),
+        "scale": {INDEX: {"n": None, "repeats": None, "bands": shares}},
         "dim": None, "dtype": None, "centered": None, "normalized": None, "input_normalized": None,
         "modality": None, "model": None, "sample": None, "dropped_nonfinite": None, "zero_rows": None,
         "n_effective": None, "beta": None, "singular_values": None, "device": None, "energy": None,
-        "noise": dict.fromkeys(["estimator", "sigma", "edge", "edge_level", "mp_edge", "signal_rank",
-                                "numerical_rank", "note"]),
+        "noise": {**dict.fromkeys(["null", "estimator", "sigma", "edge", "edge_ci", "edge_level", "mp_edge",
+                                   "signal_rank", "numerical_rank", "repetition", "null_repeats", "null_rows", "note"]),
+                  "mp_fit": dict.fromkeys(["ks", "fits", "limit", "note"])},
         "strong_rule": dict.fromkeys(["name", "threshold", "iqr_k"]),
         "bands": {name: band for name in spectrum.BANDS},
         "components": dict.fromkeys(["band", "energy_share", "snr"]),
         "metrics": dict.fromkeys(["effective_rank", "effective_rank_on", "stable_rank", "participation_ratio",
-                                  "power_law_alpha", "power_law_r2", "power_law_window", "mean_cosine"]),
+                                  "power_law_alpha", "power_law_r2", "power_law_window", "mean_cosine",
+                                  "effective_rank_ci"]),
         "svd_bands": {"k": None, "starts": None, "rule": None, "energy": None, "bands": {INDEX: dict.fromkeys(
             ["band", "first_index", "last_index", "count", "energy_share", "effective_rank", "singular_value_max",
              "singular_value_min"])}},

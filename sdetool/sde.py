@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from sdetool import spectrum
-from sdetool.batchspectrum import NOISE, STRONG, WEAK, BandTracker, BatchSpectrum, SpectrumError, band_shares, batch_spectrum
+from sdetool.batchspectrum import (NOISE, STRONG, WEAK, BandTracker, BatchSpectrum, SpectrumError, band_shares,
+                                   batch_null_inputs, batch_spectrum)
 
 RAMPS = ("linear", "cosine")
 PERTURBATIONS = ("adversarial", "random")
@@ -302,7 +303,7 @@ def sde_loss(image, text, groups, logit_scale, progress: float, config: SDEConfi
         terms.update(infonce=float("nan"), loss=float("nan"))
         return loss, terms
     batch, dim = image.shape
-    labels = [tracker.update(spec.singular_values, batch, dim) for tracker, spec in zip(state.trackers, spectra)]
+    labels = [_batch_labels(tracker, spec, state) for tracker, spec in zip(state.trackers, spectra)]
     for name, spec, label in zip(("image", "text"), spectra, labels):
         terms[f"{name}_shares"] = band_shares(spec.energies, label)
     enhanced = [image, text]
@@ -357,9 +358,15 @@ def observe_bands(image, text, state: SDEState) -> dict[str, list[float]]:
                 spec = batch_spectrum(features.detach())
             except SpectrumError:
                 return {}
-            labels = tracker.update(spec.singular_values, *features.shape)
+            labels = _batch_labels(tracker, spec, state)
             shares[f"{name}_shares"] = band_shares(spec.energies, labels)
     return shares
+
+
+def _batch_labels(tracker: BandTracker, spec: BatchSpectrum, state: "SDEState") -> np.ndarray:
+    """Band labels of one batch's spectrum under the tracker's null (its inputs computed from the batch)."""
+    inputs, distinct = batch_null_inputs(spec, tracker.options.null, state.generator)
+    return tracker.update(spec.singular_values, *spec.centred.shape, inputs=inputs, distinct=distinct)
 
 
 def with_overrides(config: SDEConfig, **overrides) -> SDEConfig:

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from sdetool import rmt
+from sdetool import nulls, rmt
+from sdetool.noiselevel import (NoNoiseBulkError, noise_sigma_deflated_median, noise_sigma_iqr, noise_sigma_median,
+                                noise_sigma_mppca)
+from sdetool.nulls import NULLS, NullInputs
 
 BANDS = ("strong", "weak", "noise")
 NOISE_ESTIMATORS = ("median", "median-gd", "mppca", "iqr")
@@ -76,111 +79,6 @@ def top_right_singular_vectors_direct(rows: np.ndarray, k: int) -> np.ndarray:
     return _fix_signs(vt[: min(k, vt.shape[0])].T.copy())
 
 
-# --- noise level ---------------------------------------------------------------------------------
-
-
-class NoNoiseBulkError(ValueError):
-    """The spectrum holds no noise bulk to measure a noise level from (see :func:`noise_sigma_mppca`)."""
-
-
-def _shape(n: int, d: int, p: int) -> tuple[int, int, float]:
-    if n < 1 or d < 1:
-        raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
-    q = max(n, d)
-    return p, q, min(n, d) / q
-
-
-def noise_sigma_median(singular_values: np.ndarray, n: int, d: int) -> float:
-    """Noise std from the median singular value: ``s_med / sqrt(q mu_beta)`` (Gavish & Donoho 2014).
-
-    Robust while few components carry signal; each signal component biases it upwards by shifting
-    the median one half-rank (about +5% with signal in 9% of the components of a square matrix).
-    :func:`noise_sigma_deflated_median` removes that bias.
-    """
-    values = np.asarray(singular_values, dtype=np.float64)
-    _, q, beta = _shape(n, d, values.size)
-    median = float(np.median(values))
-    return median / math.sqrt(q * rmt.marchenko_pastur_median(beta))
-
-
-def noise_sigma_deflated_median(
-    singular_values: np.ndarray, n: int, d: int, edge_level: float = 0.01, max_iterations: int = 20
-) -> tuple[float, int]:
-    """Median noise estimate with the signal components removed, iterated to a fixed point.
-
-    A rank-``k`` signal leaves noise that lives in ``(n - k) x (d - k)`` dimensions, so the ``p - k``
-    values inside the bulk follow the MP law of ratio ``(p - k) / (q - k)``. Starting from
-    :func:`noise_sigma_median` (``k = 0``): ``sigma = median(s_{k+1..p}) / sqrt((q - k) mu)``, then
-    ``k`` = the number of values above :func:`sdetool.rmt.noise_edge`, until ``k`` repeats.
-    On planted spikes in up to 20% of the components this stays within 0.5% of the true noise
-    level, where the plain estimate is off by 5% at 9%.
-
-    Returns
-    -------
-    sigma : float
-    signal_rank : int
-        The ``k`` of the fixed point.
-    """
-    values = np.asarray(singular_values, dtype=np.float64)
-    p, q, _ = _shape(n, d, values.size)
-    seen: set[int] = set()
-    k = 0
-    sigma = noise_sigma_median(values, n, d)
-    for _ in range(max_iterations):
-        edge = rmt.noise_edge(sigma, max(n, 2), d, edge_level)
-        k_next = min(int(np.sum(values > edge)), p - 1)
-        if k_next == k or k_next in seen:
-            break
-        seen.add(k)
-        k = k_next
-        bulk = values[k:]
-        sigma = float(np.median(bulk)) / math.sqrt((q - k) * rmt.marchenko_pastur_median((p - k) / (q - k)))
-    return sigma, k
-
-
-def noise_sigma_mppca(singular_values: np.ndarray, n: int, d: int) -> tuple[float, int]:
-    """Noise std and signal rank by MP-PCA (Veraart et al. 2016; Cordero-Grande et al. 2019).
-
-    The signal rank ``P`` is the smallest such that the remaining ``p - P`` values fit one MP bulk
-    of noise living in ``(p - P) x (q - P)`` dimensions:
-    ``s_{P+1}^2 - s_p^2 <= 4 sqrt((p - P)(q - P)) sigma_P^2`` with
-    ``sigma_P^2 = sum_{i>P} s_i^2 / ((p - P)(q - P))``. (Veraart's original divides by ``q``
-    instead of ``q - P``, which biases ``sigma`` low by ``sqrt((q - P) / q)``.)
-
-    Returns
-    -------
-    sigma : float
-    signal_rank : int
-
-    Raises
-    ------
-    NoNoiseBulkError
-        When no tail of at least two values fits a bulk (no noise to measure).
-    """
-    values = np.asarray(singular_values, dtype=np.float64)
-    p, q, _ = _shape(n, d, values.size)
-    powers = values * values
-    signal = np.arange(p)  # P, the candidate signal ranks
-    tail_sums = np.cumsum(powers[::-1])[::-1]  # sum of s_i^2 for i > P
-    noise_dims = (p - signal) * (q - signal).astype(np.float64)
-    variances = tail_sums / noise_dims
-    fits = powers - powers[-1] <= 4.0 * np.sqrt(noise_dims) * variances
-    fits[-1] = False  # one value always "fits": it measures nothing
-    if not fits.any():
-        raise NoNoiseBulkError("MP-PCA found no Marchenko-Pastur bulk in the spectrum (no noise to measure)")
-    rank = int(np.argmax(fits))
-    return float(math.sqrt(max(variances[rank], 0.0))), rank
-
-
-def noise_sigma_iqr(entries: np.ndarray) -> float:
-    """Noise std as the inter-quartile range of matrix entries over 1.349 (Gaussian IQR / std)."""
-    values = np.asarray(entries, dtype=np.float64).ravel()
-    if values.size < 4:
-        raise ValueError(f"need at least 4 entries for an IQR estimate, got {values.size}")
-    q1, q3 = np.percentile(values, [25.0, 75.0])
-    return float((q3 - q1) / (2.0 * 0.6744897501960817))
-
-
 # --- thresholds and partition --------------------------------------------------------------------
 
 
@@ -212,6 +110,8 @@ def energy_shares(singular_values: np.ndarray, labels: np.ndarray, energy: str =
     """
     weights = component_weights(singular_values, energy)
     total = weights.sum()
+    if not np.isfinite(total):  # a diverged batch: no shares to give
+        return np.full(len(BANDS), np.nan)
     if total <= 0:
         return np.zeros(len(BANDS))
     return np.array([weights[labels == band].sum() / total for band in range(len(BANDS))])
@@ -248,6 +148,11 @@ class PartitionOptions:
 
     Attributes
     ----------
+    null : {"ddpa", "dpa", "mp", "permutation"}
+        What pure noise looks like, and so where the noise band ends (:mod:`sdetool.nulls`): ``mp`` one
+        noise level for every entry (the paper's reading); ``dpa`` independent columns of the matrix's
+        own variances (generalized Marchenko-Pastur); ``ddpa`` the same with deflation (the default:
+        see docs/method.md for the evidence); ``permutation`` column-permuted row samples.
     noise_estimator : {"median", "median-gd", "mppca", "iqr"}
         ``median``: deflated median (:func:`noise_sigma_deflated_median`); ``median-gd``: the plain
         Gavish-Donoho median; ``mppca``: Veraart et al.; ``iqr``: IQR of the entries.
@@ -264,8 +169,10 @@ class PartitionOptions:
     strong_rule: str = "iqr"
     iqr_k: float = 1.5
     energy: str = "power"
+    null: str = "ddpa"
 
     def __post_init__(self) -> None:
+        _one_of("null", self.null, NULLS)
         _one_of("noise_estimator", self.noise_estimator, NOISE_ESTIMATORS)
         _one_of("strong_rule", self.strong_rule, STRONG_RULES)
         _one_of("energy", self.energy, ENERGY_KINDS)
@@ -287,6 +194,11 @@ class SpectralPartition:
     ``numerical_rank`` counts the values above the numerical floor; the noise level and edge were
     estimated on those alone (``n x numerical_rank``) when it is below ``p``.
 
+    ``sigma`` is the single noise level of the estimator and ``mp_edge`` its bare Marchenko-Pastur edge
+    (``mp_ks``: the Kolmogorov-Smirnov distance of the bulk from that law); ``edge`` is the edge of
+    ``options.null`` in use. ``repetition`` is ``n / distinct rows`` when rows repeat (``n`` is then the
+    distinct rows' effective count and every edge is in the units of the matrix given).
+
     A *degenerate* spectrum (numerical rank 0 or 1, no components at all, or no noise bulk for
     ``mppca``) has no noise level to measure: ``sigma``, ``edge``, ``mp_edge`` and ``threshold`` are
     NaN, every component is in the noise band (nothing was shown to stand above noise), and ``note``
@@ -307,6 +219,8 @@ class SpectralPartition:
     signal_rank: int | None = None
     numerical_rank: int | None = None
     note: str | None = None
+    mp_ks: float = float("nan")
+    repetition: float = 1.0
 
     @property
     def partitioned(self) -> bool:
@@ -340,6 +254,7 @@ def partition_spectrum(
     options: PartitionOptions = PartitionOptions(),
     entries: np.ndarray | None = None,
     floor: float = 0.0,
+    inputs: NullInputs | None = None,
 ) -> SpectralPartition:
     """Estimate the noise level, the noise edge and the strong threshold, and split the spectrum.
 
@@ -357,6 +272,9 @@ def partition_spectrum(
         there are such values the matrix is rank-deficient at working precision: its ``m`` nonzero
         values are partitioned as an ``n x m`` matrix (the noise lives in its column space) and the
         zero ones go to the noise band.
+    inputs : NullInputs, optional
+        What the ``dpa``, ``ddpa`` and ``permutation`` nulls need (column variances, vectors, permuted
+        samples), and the rows' repetition (``n`` is then the distinct rows' effective count).
 
     Returns
     -------
@@ -373,8 +291,10 @@ def partition_spectrum(
     rank = int(np.sum(values > floor))
     if rank < 2:
         return degenerate_partition(values, n, d, options, rank, _rank_note(rank, values.size))
+    inputs = inputs or NullInputs()
+    columns = d if rank >= min(n, d) else rank  # rank-deficient: the noise lives in the column space
     try:
-        part = _partition_full_rank(values[:rank], n, d if rank == values.size else rank, options, entries)
+        part = _partition_full_rank(values[:rank], n, (columns, d), options, entries, inputs)
     except NoNoiseBulkError as error:
         return degenerate_partition(values, n, d, options, rank, f"{error}, {_NO_ESTIMATE}")
     if rank == values.size:
@@ -392,7 +312,22 @@ def partition_spectrum(
     )
 
 
-def _partition_full_rank(values, n, d, options, entries) -> SpectralPartition:
+def _partition_full_rank(values, n, dims, options, entries, inputs: NullInputs) -> SpectralPartition:
+    """The partition of ``values`` (all above the floor). ``dims``: (columns of the noise model, the matrix's d).
+
+    With repeated rows the values are those of the distinct rows scaled by ``sqrt(repetition)``: the
+    partition runs on the distinct rows' spectrum and its edges are scaled back.
+    """
+    scale = math.sqrt(inputs.repetition)
+    part = _partition_unscaled(values / scale, n, dims, options, entries, inputs)
+    if scale == 1.0:
+        return part
+    return dataclasses.replace(part, singular_values=values, edge=part.edge * scale, mp_edge=part.mp_edge * scale,
+                               threshold=part.threshold * scale, repetition=inputs.repetition)
+
+
+def _noise_sigma(values, n, d, options, entries) -> tuple[float, int | None]:
+    """The estimator's single noise level, and the signal rank it found (None when it finds none)."""
     signal_rank = None
     if options.noise_estimator == "median":
         sigma, signal_rank = noise_sigma_deflated_median(values, n, d, options.edge_level)
@@ -404,13 +339,26 @@ def _partition_full_rank(values, n, d, options, entries) -> SpectralPartition:
         if entries is None:
             raise ValueError("the iqr noise estimator needs a sample of matrix entries")
         sigma = noise_sigma_iqr(entries)
-    edge = rmt.noise_edge(sigma, max(n, 2), d, options.edge_level)
+    return sigma, signal_rank
+
+
+def _partition_unscaled(values, n, dims, options, entries, inputs: NullInputs) -> SpectralPartition:
+    d, full_d = dims
+    sigma, signal_rank = _noise_sigma(values, n, d, options, entries)
+    level = options.edge_level
+    mp_edge = rmt.noise_edge(sigma, max(n, 2), d, level)
+    if options.null == "mp":
+        edge, unit = mp_edge, sigma
+    else:
+        found = nulls.null_edge(options.null, sigma, values, n, full_d, level, inputs)
+        edge, signal_rank = found.edge, found.found
+        unit = nulls.equivalent_sigma(edge, n, full_d, level)  # the SNRs and the gd rule read the edge in use
     if options.strong_rule == "iqr":
         threshold = strong_threshold_iqr(values, options.iqr_k)
     else:
-        threshold = strong_threshold_gd(sigma, n, d)
+        threshold = strong_threshold_gd(unit, n, d)
     labels = partition(values, edge, threshold)
-    snr = component_snr(values, sigma, n, d)
+    snr = component_snr(values, unit, n, d)
     snr[labels == 2] = np.nan
     return SpectralPartition(
         singular_values=values,
@@ -426,6 +374,7 @@ def _partition_full_rank(values, n, d, options, entries) -> SpectralPartition:
         options=options,
         signal_rank=signal_rank,
         numerical_rank=values.size,
+        mp_ks=nulls.bulk_ks_distance(values[values <= mp_edge], sigma, n, d),
     )
 
 

@@ -123,14 +123,14 @@ def test_rank_two_and_more_is_partitioned_as_before():
     n, d = 400, 60
     values = spectrum.singular_values_direct(rng.standard_normal((n, d)))
     values[:3] *= 8.0
-    part = spectrum.partition_spectrum(values, n, d)
+    part = spectrum.partition_spectrum(values, n, d, spectrum.PartitionOptions(null="mp"))
     sigma, signal_rank = spectrum.noise_sigma_deflated_median(values, n, d, 0.01)
     assert part.partitioned and part.note is None and part.numerical_rank == d
     assert part.sigma == sigma and part.signal_rank == signal_rank
     assert part.edge == rmt.noise_edge(sigma, n, d, 0.01)
     assert part.threshold == spectrum.strong_threshold_iqr(values, 1.5)
     assert part.labels.tolist() == spectrum.partition(values, part.edge, part.threshold).tolist()
-    two = spectrum.partition_spectrum(np.array([5.0, 4.0]), 2, 30)  # three centred rows: p = 2
+    two = spectrum.partition_spectrum(np.array([5.0, 4.0]), 2, 30, spectrum.PartitionOptions(null="mp"))  # p = 2
     assert two.partitioned and two.numerical_rank == 2
 
 
@@ -150,7 +150,7 @@ def test_band_tracker_ignores_degenerate_batches():
     rng = np.random.default_rng(7)
     batch, d = 64, 32
     good = spectrum.singular_values_direct(rng.standard_normal((batch, d)))
-    tracker = batchspectrum.BandTracker(spectrum.PartitionOptions(), momentum=0.9)
+    tracker = batchspectrum.BandTracker(spectrum.PartitionOptions(null="mp"), momentum=0.9)
     first = tracker.update(np.zeros(d), batch, d)  # before any usable batch: all noise, nothing smoothed
     assert tracker.edge is None and first.tolist() == [batchspectrum.NOISE] * d
     tracker.update(good, batch, d)
@@ -181,7 +181,8 @@ def test_metrics_of_a_spectrum_without_energy():
 @pytest.mark.parametrize("dtype,block_rows", [(np.float32, None), (np.float64, 64)])
 def test_identical_rows_are_a_collapsed_report(tmp_path, dtype, block_rows):
     entry = _document(_save(tmp_path, "same", _identical(dtype=dtype)), block_rows=block_rows)
-    assert entry["n_samples"] == 500 and entry["n_effective"] == 499
+    assert entry["n_samples"] == 500 and entry["distinct_rows"] == 1
+    assert entry["n_effective"] == 0  # one distinct row: nothing left after centring
     assert entry["singular_values"] == [0.0] * D
     assert entry["metrics"]["effective_rank"] == 0.0
     assert entry["metrics"]["stable_rank"] is None and entry["metrics"]["participation_ratio"] is None
@@ -196,7 +197,7 @@ def test_identical_rows_are_a_collapsed_report(tmp_path, dtype, block_rows):
 
 def test_identical_rows_wider_than_tall_go_through_the_direct_svd(tmp_path):
     entry = _document(_save(tmp_path, "same", _identical(n=5, d=40, dtype=np.float64)))
-    assert entry["n_effective"] == 4 and entry["singular_values"] == [0.0] * 4
+    assert entry["n_effective"] == 0 and entry["singular_values"] == [0.0] * 4
     assert entry["metrics"]["effective_rank"] == 0.0 and entry["bands"]["noise"]["count"] == 4
 
 
@@ -230,7 +231,8 @@ def test_two_rows_have_one_component(tmp_path):
     entry = _document(_save(tmp_path, "two", rows))
     expected = np.linalg.norm(rows[0] - rows[1]) / math.sqrt(2.0)  # the centred rows are +-(x1 - x2) / 2
     assert entry["n_effective"] == 1 and entry["singular_values"] == [pytest.approx(expected, rel=1e-12)]
-    assert entry["bands"]["noise"] == {"count": 1, "energy_share": 1.0, "first_index": 1}
+    assert entry["bands"]["noise"] == {"count": 1, "energy_share": 1.0, "first_index": 1, "energy_share_ci": None,
+                                       "count_ci": None}
     assert entry["metrics"]["effective_rank"] == 1.0 and entry["metrics"]["stable_rank"] == 1.0
     assert entry["notes"][0].startswith("two rows") and "numerical rank 1" in entry["noise"]["note"]
     _assert_nulls_explained(entry)

@@ -441,14 +441,14 @@ def _planted(b, d, seed, multiples=(8.0, 5.0, 3.5, 2.5)):
 def _analyze_partition(values, b, d):
     """What ``analyze`` runs for a centred ``b x d`` matrix: the ``min(b - 1, d)`` leading values, ``n = b - 1``."""
     rank = min(b - 1, d)
-    return spectrum.partition_spectrum(values[:rank], b - 1, d, spectrum.PartitionOptions(), floor=1e-3 * values[0])
+    return spectrum.partition_spectrum(values[:rank], b - 1, d, spectrum.PartitionOptions(null="mp"), floor=1e-3 * values[0])
 
 
 @pytest.mark.parametrize("b,d", [(200, 40), (64, 63), (40, 100), (64, 64)])
 def test_band_tracker_first_update_matches_partition_spectrum(b, d):
     features = torch.as_tensor(_planted(b, d, seed=1), dtype=torch.float32)
     values = sde.batch_spectrum(features).singular_values
-    tracker = sde.BandTracker(spectrum.PartitionOptions(), momentum=0.9)
+    tracker = sde.BandTracker(spectrum.PartitionOptions(null="mp"), momentum=0.9)
     labels = tracker.update(values, b, d)
     assert labels.shape == values.shape
     # Ground truth: the four spikes are signal, everything else noise (a null centring direction included).
@@ -459,25 +459,25 @@ def test_band_tracker_first_update_matches_partition_spectrum(b, d):
     assert tracker.threshold == pytest.approx(reference.threshold, rel=1e-12)
     # Same labels from the float64 reference values.
     _, _, s, _ = _svd64(features)
-    exact = spectrum.partition_spectrum(s[: min(b - 1, d)], b - 1, d)
+    exact = spectrum.partition_spectrum(s[: min(b - 1, d)], b - 1, d, spectrum.PartitionOptions(null="mp"))
     assert labels[: exact.labels.size].tolist() == exact.labels.tolist()
 
 
 def test_band_tracker_second_update_follows_the_momentum_rule():
     b, d, momentum = 120, 30, 0.8
-    tracker = sde.BandTracker(spectrum.PartitionOptions(), momentum=momentum)
+    tracker = sde.BandTracker(spectrum.PartitionOptions(null="mp"), momentum=momentum)
     first = sde.batch_spectrum(torch.as_tensor(_planted(b, d, seed=2), dtype=torch.float32)).singular_values
     tracker.update(first, b, d)
     edge_1, threshold_1 = tracker.edge, tracker.threshold
     second = 1.3 * sde.batch_spectrum(torch.as_tensor(_planted(b, d, seed=3), dtype=torch.float32)).singular_values
     labels = tracker.update(second, b, d)
-    batch = spectrum.partition_spectrum(second, b - 1, d, floor=1e-3 * second[0])
+    batch = spectrum.partition_spectrum(second, b - 1, d, spectrum.PartitionOptions(null="mp"), floor=1e-3 * second[0])
     assert tracker.edge == pytest.approx(momentum * edge_1 + (1 - momentum) * batch.edge, rel=1e-14)
     assert tracker.threshold == pytest.approx(momentum * threshold_1 + (1 - momentum) * batch.threshold, rel=1e-14)
     assert tracker.edge != pytest.approx(batch.edge, rel=1e-3)  # smoothing really moved it
     assert labels.tolist() == spectrum.partition(second, tracker.edge, tracker.threshold).tolist()
     # momentum 0: no smoothing, the second batch's own partition.
-    plain = sde.BandTracker(spectrum.PartitionOptions(), momentum=0.0)
+    plain = sde.BandTracker(spectrum.PartitionOptions(null="mp"), momentum=0.0)
     plain.update(first, b, d)
     assert plain.update(second, b, d).tolist() == batch.labels.tolist()
     assert plain.edge == batch.edge and plain.threshold == batch.threshold
@@ -486,13 +486,13 @@ def test_band_tracker_second_update_follows_the_momentum_rule():
 def test_band_tracker_state_round_trip_and_degenerate_batches():
     b, d = 80, 20
     values = sde.batch_spectrum(torch.as_tensor(_planted(b, d, seed=4), dtype=torch.float32)).singular_values
-    tracker = sde.BandTracker(spectrum.PartitionOptions(), momentum=0.9)
+    tracker = sde.BandTracker(spectrum.PartitionOptions(null="mp"), momentum=0.9)
     # Before any estimate, a spectrum with fewer than two nonzero values is all noise and sets nothing.
     assert tracker.update(np.array([3.0, 0.0, 0.0]), b, d).tolist() == [NOISE] * 3
     assert tracker.state() == {"edge": None, "threshold": None}
     tracker.update(values, b, d)
     saved = json.loads(json.dumps(tracker.state()))
-    restored = sde.BandTracker(spectrum.PartitionOptions(), momentum=0.9)
+    restored = sde.BandTracker(spectrum.PartitionOptions(null="mp"), momentum=0.9)
     restored.load(saved)
     assert restored.state() == tracker.state()
     following = values * 1.1
@@ -581,8 +581,11 @@ def test_sde_loss_is_the_sum_of_its_terms():
     # Each term against its reference, replaying the state by hand.
     spectra = [sde.batch_spectrum(image), sde.batch_spectrum(text)]
     trackers = [sde.BandTracker(config.partition, config.momentum) for _ in range(2)]
-    labels = [t.update(s.singular_values, b, d) for t, s in zip(trackers, spectra)]
     generator = np.random.default_rng(5)
+    labels = []
+    for tracker, spec in zip(trackers, spectra):  # the default null (ddpa) reads the batch's variances and vectors
+        inputs, distinct = sde.batch_null_inputs(spec, config.partition.null, generator)
+        labels.append(tracker.update(spec.singular_values, b, d, inputs=inputs, distinct=distinct))
     signs = [generator.choice([-1.0, 1.0], size=len(lab)) for lab in labels]
     changes = [sde.relative_changes(s.singular_values, lab, sg, weights["alpha"], weights["rho"], config)
                for s, lab, sg in zip(spectra, labels, signs)]

@@ -10,6 +10,8 @@ from sdetool import rmt, spectrum
 from sdetool.data.synthetic import planted_spikes
 from sdetool.spectrum import PartitionOptions, partition_spectrum
 
+MP = PartitionOptions(null="mp")  # these tests check the single-sigma machinery (the mp null)
+
 
 def _centred_values(matrix):
     centred = matrix - matrix.mean(axis=0)
@@ -91,7 +93,7 @@ def test_pure_noise_has_no_signal_components_in_19_of_20_draws(n, d, estimator):
     # The edge level is 0.01, so about 1 draw in 100 is expected to show a spurious component.
     # 60 seeded draws per shape; "at least 19 of 20" means at most 3 of 60 with any signal.
     spurious = 0
-    options = PartitionOptions(noise_estimator=estimator)
+    options = PartitionOptions(null="mp", noise_estimator=estimator)
     for seed in range(60):
         noise = np.random.default_rng(seed).standard_normal((n, d)) * 0.3
         part = partition_spectrum(_centred_values(noise), n - 1, d, options)
@@ -104,7 +106,7 @@ def test_sigma_of_pure_noise(n, d):
     noise = np.random.default_rng(11).standard_normal((n, d)) * 2.5
     values = _centred_values(noise)
     for estimator in ("median", "median-gd", "mppca"):
-        part = partition_spectrum(values, n - 1, d, PartitionOptions(noise_estimator=estimator))
+        part = partition_spectrum(values, n - 1, d, PartitionOptions(null="mp", noise_estimator=estimator))
         assert part.sigma == pytest.approx(2.5, rel=0.01), estimator
 
 
@@ -121,7 +123,7 @@ def test_spikes_above_1_5_bbp_leave_the_noise_band_and_noise_stays(n, d, seed):
     rank = max(1, p // 20)
     strengths = rmt.bbp_threshold(beta) * np.geomspace(1.5, 10.0, rank)
     planted = planted_spikes(n, d, strengths, sigma=0.7, seed=seed)
-    part = partition_spectrum(_centred_values(planted.matrix), n - 1, d)
+    part = partition_spectrum(_centred_values(planted.matrix), n - 1, d, MP)
     assert np.all(part.labels[:rank] != 2), "a detectable spike fell in the noise band"
     assert np.all(part.labels[rank:] == 2), "a noise direction left the noise band"
     assert part.signal_rank == rank
@@ -135,7 +137,7 @@ def test_spikes_with_other_estimators(n, d, estimator):
     rank = max(1, p // 20)
     strengths = rmt.bbp_threshold(beta) * np.geomspace(1.5, 10.0, rank)
     planted = planted_spikes(n, d, strengths, sigma=1.3, seed=4)
-    part = partition_spectrum(_centred_values(planted.matrix), n - 1, d, PartitionOptions(noise_estimator=estimator))
+    part = partition_spectrum(_centred_values(planted.matrix), n - 1, d, PartitionOptions(null="mp", noise_estimator=estimator))
     assert np.all(part.labels[:rank] != 2) and np.all(part.labels[rank:] == 2)
 
 
@@ -147,7 +149,7 @@ def test_sigma_within_5_percent_with_spikes_in_under_10_percent_of_dimensions(n,
     strengths = rmt.bbp_threshold(beta) * np.geomspace(1.2, 20.0, rank)
     planted = planted_spikes(n, d, strengths, sigma=2.0, seed=3)
     values = _centred_values(planted.matrix)
-    part = partition_spectrum(values, n - 1, d)
+    part = partition_spectrum(values, n - 1, d, MP)
     assert part.sigma == pytest.approx(2.0, rel=0.05)
     # The deflated median is much tighter than the bound the issue asks for.
     assert part.sigma == pytest.approx(2.0, rel=0.01)
@@ -169,7 +171,7 @@ def test_snr_of_strong_spikes_recovers_their_strength():
     n, d = 6000, 300
     strengths = np.array([6.0, 4.0, 3.0, 2.0])
     planted = planted_spikes(n, d, strengths, sigma=1.0, seed=8)
-    part = partition_spectrum(_centred_values(planted.matrix), n - 1, d)
+    part = partition_spectrum(_centred_values(planted.matrix), n - 1, d, MP)
     assert_allclose(part.snr[:4], strengths, rtol=0.03)
     assert np.all(np.isnan(part.snr[part.labels == 2]))
 
@@ -192,7 +194,7 @@ def test_iqr_estimator_needs_entries():
 
 def test_edge_level_zero_gives_the_bare_mp_edge():
     values = np.linspace(30, 10, 20)
-    part = partition_spectrum(values, 500, 20, PartitionOptions(edge_level=0.0))
+    part = partition_spectrum(values, 500, 20, PartitionOptions(null="mp", edge_level=0.0))
     assert part.edge == pytest.approx(part.mp_edge)
 
 
@@ -220,7 +222,7 @@ def test_numerically_zero_values_go_to_noise_and_leave_sigma_alone():
     rng = np.random.default_rng(5)
     values = np.concatenate([np.sort(rng.uniform(50, 60, rank))[::-1], np.full(d - rank, 1e-9)])
     values[:3] = [900.0, 700.0, 500.0]
-    part = partition_spectrum(values, n, d, floor=1e-6)
+    part = partition_spectrum(values, n, d, MP, floor=1e-6)
     assert part.numerical_rank == rank
     assert np.all(part.labels[rank:] == 2) and np.all(np.isnan(part.snr[rank:]))
     assert part.counts["strong"] + part.counts["weak"] == 3
