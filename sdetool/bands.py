@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft as sfft
-from scipy import linalg
 
 from sdetool import metrics
 
@@ -189,7 +188,7 @@ def svd_band_reconstructions(matrix, bands: int | None = None, starts=None) -> n
     rows = np.asarray(matrix, dtype=np.float64)
     if rows.ndim != 2 or 0 in rows.shape:
         raise ValueError(f"matrix must be a non-empty 2-D array (n, d), got shape {rows.shape}")
-    left, values, right = linalg.svd(rows, full_matrices=False, check_finite=False)
+    left, values, right = np.linalg.svd(rows, full_matrices=False)
     edges = band_edges(values.size, bands, starts)
     return np.stack([(left[:, a:b] * values[a:b]) @ right[a:b] for a, b in zip(edges[:-1], edges[1:])])
 

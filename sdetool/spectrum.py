@@ -5,6 +5,10 @@ sorted descending; ``n`` is the number of rows *after* the degree of freedom tak
 (``n - 1`` when the matrix was centred), ``d`` the number of columns, ``p = min(n, d)``,
 ``q = max(n, d)``, ``beta = p / q``.
 
+Decompositions go through ``numpy.linalg``, which shares numpy's BLAS with the Gram accumulation:
+alternating numpy's and scipy's bundled OpenBLAS builds cost about 0.1 s per switch on 2 cores (their
+idle threads spin against each other), more than a 256 x 256 SVD itself.
+
 References
 ----------
 Gavish & Donoho (2014) (median noise estimate, optimal hard threshold); Veraart et al. (2016),
@@ -19,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 from sdetool import nulls, rmt
 from sdetool.noiselevel import (NoNoiseBulkError, noise_sigma_deflated_median, noise_sigma_iqr, noise_sigma_median,
@@ -44,14 +47,14 @@ def singular_values_from_gram(gram: np.ndarray, rank: int | None = None) -> np.n
     rank : int, optional
         Keep only the first ``rank`` values (``min(n, d)``: the rest are zero in exact arithmetic).
     """
-    eigenvalues = linalg.eigvalsh(gram, check_finite=False)[::-1]
+    eigenvalues = np.linalg.eigvalsh(gram)[::-1]
     values = np.sqrt(np.clip(eigenvalues, 0.0, None))
     return values if rank is None else values[:rank].copy()
 
 
 def singular_values_direct(rows: np.ndarray) -> np.ndarray:
     """Singular values of a matrix held in memory (LAPACK gesdd in float64), descending."""
-    return linalg.svdvals(np.asarray(rows, dtype=np.float64), check_finite=False)
+    return np.linalg.svd(np.asarray(rows, dtype=np.float64), compute_uv=False)
 
 
 def _fix_signs(vectors: np.ndarray) -> np.ndarray:
@@ -69,13 +72,28 @@ def top_right_singular_vectors(gram: np.ndarray, k: int) -> np.ndarray:
     """
     d = gram.shape[0]
     k = int(min(max(k, 1), d))
-    _, vectors = linalg.eigh(gram, subset_by_index=[d - k, d - 1], check_finite=False)
-    return _fix_signs(vectors[:, ::-1])
+    _, vectors = np.linalg.eigh(gram)  # all of them: LAPACK's subset driver was slower here at every k tried
+    return _fix_signs(vectors[:, ::-1][:, :k].copy())
+
+
+def singular_decomposition(gram: np.ndarray | None = None, rows: np.ndarray | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Every singular value (descending) and right singular vector of ``X``, from its Gram or its rows.
+
+    One ``eigh`` of ``G = X^T X`` (or one SVD of the rows) instead of separate calls for the values and
+    each batch of vectors. Returns values of shape (p,) and vectors of shape (d, p), signs fixed as in
+    :func:`top_right_singular_vectors`.
+    """
+    if rows is not None:
+        _, values, vt = np.linalg.svd(np.asarray(rows, dtype=np.float64), full_matrices=False)
+        return values, _fix_signs(vt.T.copy())
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    return np.sqrt(np.clip(eigenvalues[::-1], 0.0, None)), _fix_signs(vectors[:, ::-1])
 
 
 def top_right_singular_vectors_direct(rows: np.ndarray, k: int) -> np.ndarray:
     """As :func:`top_right_singular_vectors`, from the rows of a matrix held in memory."""
-    _, _, vt = linalg.svd(np.asarray(rows, dtype=np.float64), full_matrices=False, check_finite=False)
+    _, _, vt = np.linalg.svd(np.asarray(rows, dtype=np.float64), full_matrices=False)
     return _fix_signs(vt[: min(k, vt.shape[0])].T.copy())
 
 

@@ -59,20 +59,28 @@ def _centred_rows(state: GramState, center: bool) -> np.ndarray:
     return state.rows - state.mean if center else state.rows
 
 
-def singular_values(state: GramState, center: bool, rank: int) -> tuple[np.ndarray, float]:
-    """The ``rank`` leading singular values and the numerical floor below which they are zero.
+def singular_values(state: GramState, center: bool, rank: int, with_vectors: bool = False):
+    """The ``rank`` leading singular values, the numerical floor below which they are zero, and (with
+    ``with_vectors``) every right singular vector from the same decomposition, else None.
 
     The floor is the precision of the computation: ``4 eps max(n, d) s_1`` for a direct SVD and
     ``4 sqrt(eps d) s_1`` through the float64 Gram (its eigenvalues carry ``eps d s_1^2`` errors).
     """
     eps = np.finfo(np.float64).eps
     if rank == 0:  # one centred row (or none left): no components
-        return np.zeros(0), 0.0
-    if _direct(state):
+        return np.zeros(0), 0.0, None
+    direct = _direct(state)
+    vectors = None
+    if with_vectors:
+        values, vectors = (spectrum.singular_decomposition(rows=_centred_rows(state, center)) if direct
+                           else spectrum.singular_decomposition(gram=state.gram(center)))
+        values = values[:rank]
+    elif direct:
         values = spectrum.singular_values_direct(_centred_rows(state, center))[:rank]
-        return values, 4.0 * eps * max(state.rows.shape) * float(values[0])
-    values = spectrum.singular_values_from_gram(state.gram(center), rank=rank)
-    return values, 4.0 * float(np.sqrt(eps * state.dim)) * float(values[0])
+    else:
+        values = spectrum.singular_values_from_gram(state.gram(center), rank=rank)
+    floor = 4.0 * (eps * max(state.rows.shape) if direct else float(np.sqrt(eps * state.dim))) * float(values[0])
+    return values, floor, vectors
 
 
 def top_vectors(state: GramState, center: bool, k: int) -> np.ndarray:
@@ -99,11 +107,13 @@ def check_usable(state: GramState, options, label: str) -> None:
 # --- the null's inputs -------------------------------------------------------------------------------
 
 
-def null_inputs(state: GramState, options, sample: Sample, permuted: np.ndarray | None = None) -> nulls.NullInputs:
-    """What ``options.null`` needs from a state: column variances, lazy vectors, permuted samples.
+def null_inputs(state: GramState, options, sample: Sample, permuted: np.ndarray | None = None,
+                basis: np.ndarray | None = None) -> nulls.NullInputs:
+    """What ``options.null`` needs from a state: column variances, the vectors, permuted samples.
 
     Variances are per effective distinct row: ``diag(X^T X) / (repetition n)``. ``permuted`` reuses
-    permuted top values computed before (the jackknife replicates share the full data's).
+    permuted top values computed before (the jackknife replicates share the full data's); ``basis``
+    holds every right singular vector when the caller has them (``ddpa``).
     """
     null = options.null
     if null == "mp":
@@ -111,12 +121,10 @@ def null_inputs(state: GramState, options, sample: Sample, permuted: np.ndarray 
     variances = np.clip(np.diag(state.gram(options.center)), 0.0, None) / max(sample.repetition * sample.effective, 1)
     vectors = None
     if null == "ddpa":
-        cache: dict = {}
+        basis = basis if basis is not None else top_vectors(state, options.center, state.dim)
 
         def vectors(k: int) -> np.ndarray:
-            if cache.get("basis") is None or cache["basis"].shape[1] < k:
-                cache["basis"] = top_vectors(state, options.center, k)
-            return cache["basis"][:, :k]
+            return basis[:, :k]
 
     tops, rows = (None, 0) if null != "permutation" else permuted_tops(state, options, permuted)
     return nulls.NullInputs(variances=variances, vectors=vectors, permuted_tops=tops, permuted_rows=rows,
@@ -150,6 +158,7 @@ class StatePartition:
     sample: Sample
     rank: int  # components: min(n - 1, d) (n - 1 when centred)
     permuted: tuple | None = None  # (tops, rows) of the permutation null, for the replicates
+    vectors: np.ndarray | None = None  # every right singular vector (d, p), when the null needed them
 
 
 def partition_state(state: GramState, options, label: str = "", *, distinct: int | None = None,
@@ -157,19 +166,19 @@ def partition_state(state: GramState, options, label: str = "", *, distinct: int
     """Spectrum and partition of a state under ``options`` (its null, estimator, rule, energy)."""
     sample = sample_of(state, options.center, distinct)
     rank = min(max(state.n - int(options.center), 0), state.dim)
-    values, floor = singular_values(state, options.center, rank)
+    values, floor, basis = singular_values(state, options.center, rank, with_vectors=options.null == "ddpa")
     entries = None
     if options.noise_estimator == "iqr" and state.entry_sample is not None:
         entries = state.entry_sample - state.mean if options.center else state.entry_sample
     if options.null == "permutation" and permuted is None and rank >= 2:
         permuted = permuted_tops(state, options)
     try:
-        inputs = null_inputs(state, options, sample, permuted) if rank >= 2 else None
+        inputs = null_inputs(state, options, sample, permuted, basis) if rank >= 2 else None
         part = spectrum.partition_spectrum(values, sample.effective, state.dim, options.partition_options(), entries,
                                            floor, inputs)
     except ValueError as error:
         raise BadInputError(f"{label}: {error}") from None
-    return StatePartition(part, sample, rank, permuted)
+    return StatePartition(part, sample, rank, permuted, basis)
 
 
 def resolved_values(part: spectrum.SpectralPartition) -> np.ndarray:
@@ -213,7 +222,13 @@ def summarize(state: GramState, options, *, label: str = "", vectors: int = 0):
     check_usable(state, options, label)
     result = partition_state(state, options, label)
     scores = set_metrics(result.partition, state, options)
-    top = top_vectors(state, options.center, min(vectors, result.partition.numerical_rank)) if vectors else None
+    k = min(vectors, result.partition.numerical_rank)
+    if not vectors:
+        top = None
+    elif result.vectors is not None:
+        top = result.vectors[:, :k].copy()
+    else:
+        top = top_vectors(state, options.center, k)
     return result, scores, top
 
 
@@ -248,4 +263,8 @@ def intervals(state: GramState, full: StatePartition, options, label: str = "") 
         part = partition_state(rest, options, label, distinct=distinct, permuted=full.permuted).partition
         for name, value in _statistics(part).items():
             replicates[name].append(value)
-    return {name: jackknife_interval(estimates[name], replicates[name], options.ci_level) for name in estimates}
+    components = full.partition.singular_values.size
+    ranges = {name: (0.0, 1.0) if name.endswith("energy_share") else (0.0, float(components)) for name in estimates}
+    ranges["edge"] = (0.0, math.inf)
+    return {name: jackknife_interval(estimates[name], replicates[name], options.ci_level, ranges[name])
+            for name in estimates}
