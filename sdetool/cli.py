@@ -221,8 +221,9 @@ OPTION_DETAILS = {
                   "without deflation; mp: one noise level for every entry (the paper's reading; --noise-estimator "
                   "gives it); permutation: Horn's parallel analysis on column-permuted row samples. See "
                   "docs/method.md section 3b for the evidence behind the default.",
-        "--null-repeats": "The permutation null's edge is the 1 - edge-level quantile of the permuted top "
-                          "singular values.",
+        "--null-repeats": "The permutation null measures the mean top singular value of R column-permuted "
+                          "samples (plus 1.645 standard errors) against the one the generalized law predicts, and "
+                          "corrects the dpa edge by that ratio.",
         "--null-rows": "A seeded uniform sample of rows (all rows when there are fewer); its edge is carried to n "
                        "rows by the generalized law.",
         "--scale": "For each size N, --repeats seeded random subsets of N rows are partitioned like the whole set, "

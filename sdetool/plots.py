@@ -367,7 +367,8 @@ def scale_figure(series: list[tuple[str, dict]], *, title: str | None = None):
             sizes = [row["n"] for row in document["scale"]]
             means = [_percent(row["bands"][band]["energy_share"]["mean"]) for row in document["scale"]]
             spreads = [_percent(row["bands"][band]["energy_share"]["sd"]) for row in document["scale"]]
-            panel.errorbar(sizes, means, yerr=spreads, color=colour, marker="o", ms=4, lw=1.4, capsize=3, label=label)
+            panel.errorbar(sizes, means, yerr=_share_bars(means, spreads), color=colour, marker="o", ms=4, lw=1.4,
+                           capsize=3, label=label)
             whole = document["bands"][band]["energy_share"]
             if whole is not None:
                 panel.plot([document["n_samples"]], [100 * whole], marker="o", ms=7, mfc="none", color=colour)
@@ -383,6 +384,12 @@ def scale_figure(series: list[tuple[str, dict]], *, title: str | None = None):
     axes[-1].legend(fontsize="small", loc="best")
     figure.suptitle(title or "Band shares against n (hollow: the whole set)", fontsize="medium")
     return figure
+
+
+def _share_bars(means: list, spreads: list) -> np.ndarray:
+    """Error bars of ``mean +- sd`` for shares in percent, cut at 0 and 100 (a share cannot leave them)."""
+    means, spreads = np.asarray(means, dtype=np.float64), np.asarray(spreads, dtype=np.float64)
+    return np.array([np.minimum(spreads, means), np.minimum(spreads, 100.0 - means)])
 
 
 def _percent(value):

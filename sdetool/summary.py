@@ -266,5 +266,6 @@ def intervals(state: GramState, full: StatePartition, options, label: str = "") 
     components = full.partition.singular_values.size
     ranges = {name: (0.0, 1.0) if name.endswith("energy_share") else (0.0, float(components)) for name in estimates}
     ranges["edge"] = (0.0, math.inf)
-    return {name: jackknife_interval(estimates[name], replicates[name], options.ci_level, ranges[name])
+    sizes = [block.n for block in state.blocks]  # hash blocks hold unequal numbers of rows
+    return {name: jackknife_interval(estimates[name], replicates[name], options.ci_level, ranges[name], sizes)
             for name in estimates}
