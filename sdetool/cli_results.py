@@ -64,6 +64,12 @@ OPTION_DETAILS = {
         "--noise-share": "The share of the image energy that the noise added in the second experiment carries; 0 "
                          "leaves that experiment out.",
         "--resume": "Finished steps are kept.",
+        "--seeds": "The first seed's models embed the held-out pairs through extract --model run:; the others' "
+                   "held-out embeddings are those their runs export. The README gives mean ± sd over the seeds.",
+        "--null": "Every store is analyzed under this null (analysis/<name>.json) and under mp "
+                  "(analysis/<name>-mp.json), and the fine-tuning runs' batch partition uses it.",
+        "--bootstrap": "Each analysis gets jackknife intervals over R blocks of rows, and the band shares of "
+                       "256-row subsets (a training batch).",
     },
 }
 
@@ -223,6 +229,9 @@ def reproduce(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a reproduction in --out."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON here ('-': stdout).",
                                             metavar="PATH"),
+    seeds: int = typer.Option(1, "--seeds", metavar="K", min=1, help="Fine-tuning runs per loss (seeds --seed, +1, ...)."),
+    null: Null = typer.Option(Null.ddpa, "--null", help="Noise null of the analyses (each also under mp)."),
+    bootstrap: int = typer.Option(20, "--bootstrap", metavar="R", min=2, help="Jackknife blocks of the intervals."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No stage lines and no progress."),
 ) -> None:
     """The SDE experiment end to end, offline: extract, analyze, fine-tune (SDE and InfoNCE), compare, plot, README."""
@@ -231,7 +240,8 @@ def reproduce(
 
     report.check_output_path(json_path, "--json")
     options = ReproduceOptions(quick=quick, steps=steps, head_steps=head_steps, seed=seed, noise_share=noise_share,
-                               device=device, resume=resume, overwrite=overwrite)
+                               device=device, resume=resume, overwrite=overwrite, seeds=seeds, null=null.value,
+                               bootstrap=bootstrap)
     console_err = stderr_console()
     result = run_reproduce(out, options, StageReporter(console_err, quiet)).to_dict()
     if json_path:

@@ -41,6 +41,15 @@ NULLS = ("mp", "dpa", "ddpa", "permutation")
 KS_FIT_LIMIT = 0.1  # a bulk farther than this (Kolmogorov-Smirnov) from the fitted single-sigma law does not fit it
 
 
+def ks_fit_limit(bulk_size: int) -> float:
+    """The KS distance above which a bulk of ``bulk_size`` values does not fit one MP law.
+
+    :data:`KS_FIT_LIMIT`, or the 1 % critical value of an iid sample, ``1.63 / sqrt(m)``, when that is
+    larger: a small bulk fluctuates more (pure noise of 31 x 16 has a median distance of 0.10).
+    """
+    return max(KS_FIT_LIMIT, 1.63 / math.sqrt(max(bulk_size, 1)))
+
+
 # --- the generalized Marchenko-Pastur edge -------------------------------------------------------
 
 
@@ -241,8 +250,7 @@ def permuted_top_values(rows, repeats: int, seed: int = 0, center: bool = True) 
     generator = np.random.default_rng(seed)
     tops = np.empty(repeats)
     for repeat in range(repeats):
-        order = np.argsort(generator.random(sample.shape), axis=0)  # an independent permutation per column
-        permuted = np.take_along_axis(sample, order, axis=0)
+        permuted = generator.permuted(sample, axis=0)  # an independent permutation of each column
         tops[repeat] = _top_singular_value(permuted)
     return tops
 

@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from sdetool.errors import BadInputError
+from sdetool.redistribution import redistribution
 from sdetool.runfolder import exported_store
 
 MODEL = "builtin:lit-fmnist"
 LOSSES = ("sde", "infonce")
+BATCH_ROWS, BATCH_REPEATS = 256, 10  # the shares of training-batch-sized subsets, beside the held-out ones
 LAYOUT = {
     "embeddings": "stores written by extract (before, and after each fine-tuning)",
     "analysis": "analyze --json reports of those stores",
@@ -44,7 +46,10 @@ class ReproduceOptions:
 
     ``steps`` / ``head_steps``: optimizer steps of the built-in model's and the heads' runs (default
     500 / 500, quick 100 / 200). ``noise_share``: share of the image energy the added noise carries
-    in experiment 2 (0 leaves it out).
+    in experiment 2 (0 leaves it out). ``seeds``: fine-tuning runs per loss, seeds ``seed``,
+    ``seed + 1``, ... (the first through ``extract --model run:``, the others through their exported
+    embeddings). ``null``: the noise null of every analysis, each also analysed under ``mp`` (the
+    paper's reading); ``bootstrap``: jackknife blocks of their intervals.
     """
 
     quick: bool = False
@@ -55,6 +60,9 @@ class ReproduceOptions:
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
+    seeds: int = 1
+    null: str = "ddpa"
+    bootstrap: int = 20
 
     @property
     def model_steps(self) -> int:
@@ -70,6 +78,14 @@ class ReproduceOptions:
                 raise BadInputError(f"{name} must be at least 1, got {value}")
         if not 0.0 <= self.noise_share < 1.0:
             raise BadInputError(f"--noise-share must be in [0, 1), got {self.noise_share}")
+        if self.seeds < 1:
+            raise BadInputError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.bootstrap < 2:
+            raise BadInputError(f"--bootstrap must be at least 2 (jackknife blocks), got {self.bootstrap}")
+        from sdetool.nulls import NULLS
+
+        if self.null not in NULLS:
+            raise BadInputError(f"--null must be one of {', '.join(NULLS)}, got {self.null!r}")
         if self.resume and self.overwrite:
             raise BadInputError("--resume and --overwrite: choose one")
         from sdetool.extract import resolve_torch_device
@@ -184,7 +200,8 @@ class Pipeline:
         self.evaluations: dict[str, dict] = {}  # run -> eval.json
         self.comparisons: dict[str, dict] = {}
         self._step = 0
-        self.total = 12 + (8 if options.noise_share > 0 else 0)
+        extra = 4 * (options.seeds - 1)  # per extra seed: two fine-tuning runs and their two analyses
+        self.total = 12 + extra + (8 + extra if options.noise_share > 0 else 0)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
@@ -214,15 +231,22 @@ class Pipeline:
         self.timed(f"extract {name}", f"extract {model} -> embeddings/{name}.h5", work)
 
     def analyze(self, name: str, store: str) -> None:
-        from sdetool.analysis import analyze
+        """Analyze a store under the null of the options (``analysis/<name>.json``) and under ``mp``
+        (``analysis/<name>-mp.json``), each with jackknife intervals and the band shares of 256-row subsets."""
+        from sdetool.analysis import AnalysisOptions, analyze
         from sdetool.report import write_json
 
         def work():
-            report = analyze(store, local=True, vectors=1 << 30, progress=self.reporter.progress("rows"))
-            write_json(report.to_dict(), self.path("analysis", f"{name}.json"))
-            self.analyses[name] = report
+            for suffix, null in (("", self.options.null), ("-mp", "mp")):
+                options = AnalysisOptions(null=null, bootstrap=self.options.bootstrap, scale=(BATCH_ROWS,),
+                                          repeats=BATCH_REPEATS)
+                report = analyze(store, options=options, local=True, vectors=1 << 30,
+                                 progress=self.reporter.progress("rows"))
+                write_json(report.to_dict(), self.path("analysis", f"{name}{suffix}.json"))
+                self.analyses[name + suffix] = report
 
-        self.timed(f"analyze {name}", f"analyze {os.path.relpath(store, self.out)} -> analysis/{name}.json", work)
+        self.timed(f"analyze {name}", f"analyze {os.path.relpath(store, self.out)} -> analysis/{name}.json "
+                                      f"(--null {self.options.null}, and mp)", work)
 
     def finetune(self, run: str, options, embeddings: str | None = None) -> None:
         from sdetool.finetune import finetune
@@ -271,13 +295,27 @@ def _current(store: str, model: str) -> bool | None:
     return os.path.isfile(weights) and recorded == file_fingerprint(weights)
 
 
-def _finetune_options(options: ReproduceOptions, loss: str, target: str):
+def _finetune_options(options: ReproduceOptions, loss: str, target: str, offset: int = 0):
+    """The options of a run: seed ``options.seed + offset``; runs after the first seed export their embeddings."""
     from sdetool.finetune import FinetuneOptions
+    from sdetool.sde import SDEConfig
+    from sdetool.spectrum import PartitionOptions
 
+    method = SDEConfig(partition=PartitionOptions(null=options.null))
+    common = {"loss": loss, "seed": options.seed + offset, "device": options.device, "sde": method}
     if target == "model":
-        return FinetuneOptions(loss=loss, steps=options.model_steps, seed=options.seed, device=options.device)
-    return FinetuneOptions(loss=loss, target="head", steps=options.noisy_steps, seed=options.seed,
-                           learning_rate=1e-3, device=options.device, export_embeddings=True)
+        return FinetuneOptions(steps=options.model_steps, export_embeddings=offset > 0, **common)
+    return FinetuneOptions(target="head", steps=options.noisy_steps, learning_rate=1e-3, export_embeddings=True,
+                           **common)
+
+
+def seed_runs(pipeline: "Pipeline", prefix: str, target: str, embeddings: str | None = None) -> None:
+    """The runs of the seeds after the first, and their held-out embeddings' analyses (``<prefix><loss>-seed<k>``)."""
+    for offset in range(1, pipeline.options.seeds):
+        for loss in LOSSES:
+            run = f"{prefix}{loss}-seed{pipeline.options.seed + offset}"
+            pipeline.finetune(run, _finetune_options(pipeline.options, loss, target, offset), embeddings=embeddings)
+            pipeline.analyze(run, pipeline.path("runs", run, exported_store("after")))
 
 
 def run_model_experiment(pipeline: Pipeline) -> None:
@@ -297,6 +335,7 @@ def run_model_experiment(pipeline: Pipeline) -> None:
     pipeline.compare("sde", before, after["sde"])
     pipeline.compare("infonce", before, after["infonce"])
     pipeline.compare("sde-vs-infonce", after["infonce"], after["sde"])
+    seed_runs(pipeline, "", "model")
 
 
 def run_noisy_experiment(pipeline: Pipeline) -> None:
@@ -323,6 +362,7 @@ def run_noisy_experiment(pipeline: Pipeline) -> None:
     for loss, label in (("sde", "SDE head"), ("infonce", "InfoNCE head")):
         after = pipeline.state(f"noisy-{loss}", label, evaluation_summary(evaluations[f"noisy-{loss}"]["after"]))
         pipeline.compare(f"noisy-{loss}", before, after)
+    seed_runs(pipeline, "noisy-", "head", embeddings=store)
 
 
 @dataclass(frozen=True)
@@ -334,6 +374,7 @@ class ReproduceResult:
     seconds: dict
     comparisons: dict
     notes: list
+    redistribution: dict
 
     def to_dict(self) -> dict:
         from sdetool import __version__
@@ -362,9 +403,11 @@ def reproduce(out: str, options: ReproduceOptions = ReproduceOptions(), reporter
     if options.noise_share > 0:
         run_noisy_experiment(pipeline)
     pipeline.timed("figures", "plot the figures", lambda: reproduce_report.draw_figures(pipeline))
+    documents = {name: report.to_dict() for name, report in pipeline.analyses.items()}
+    seeds = [options.seed + offset for offset in range(options.seeds)]
     result = ReproduceResult(out, {**asdict(options), "model_steps": options.model_steps,
                                    "noisy_steps": options.noisy_steps}, dict(pipeline.seconds), pipeline.comparisons,
-                             list(dict.fromkeys(pipeline.notes)))
+                             list(dict.fromkeys(pipeline.notes)), redistribution(documents, options.null, seeds))
     reproduce_report.write_readme(pipeline, result)
     write_json(result.to_dict(), os.path.join(out, "summary.json"))
     return result

@@ -146,16 +146,37 @@ def readme(pipeline, result) -> str:
     parts += ["### What the numbers show\n", *[f"- {line}" for line in findings(sde, infonce)], "",
               "For reference, the SDE paper reports (CLIP on its data) "
               + ", ".join(f"{band} {a}% -> {b}%" for band, (a, b) in PAPER.items()) + ".\n",
+              *_redistribution_section(result.redistribution, "model"),
               "### Figures\n", _figure("spectrum.png", "Singular spectra of the image embeddings"),
               _figure("energy.png", "Cumulative energy of the image embeddings"),
               _figure("training.png", "Loss and batch band shares during training")]
     if "noisy-sde" in pipeline.comparisons:
-        parts += _noisy_section(pipeline, options)
+        parts += _noisy_section(pipeline, options, result)
     parts += _files_section(result)
     return "\n".join(parts) + "\n"
 
 
-def _noisy_section(pipeline, options) -> list[str]:
+def _redistribution_section(summary: dict, experiment: str) -> list[str]:
+    """The image band shares under the run's null and under mp, held out and at batch size."""
+    from sdetool.redistribution import table_rows
+
+    if experiment not in summary["experiments"]:
+        return []
+    seeds = summary["seeds"]
+    spread = f"mean ± sd over seeds {', '.join(map(str, seeds))}; " if len(seeds) > 1 else ""
+    header = ("state", "null", "strong (%)", "weak (%)", "noise (%)", f"noise at n = {summary['batch_rows']} (%)")
+    return [
+        "### Energy redistribution under two nulls\n",
+        f"The image shares under `--null {summary['nulls'][0]}` (the analyses of this folder) and under `mp` (one "
+        f"noise level for every entry: the paper's reading). Held out: {spread}90% jackknife interval of seed "
+        f"{seeds[0]} in brackets. At n = {summary['batch_rows']}: the mean ± sd over seeded subsets of that many rows, "
+        f"the size of a training batch. A band share depends on the null and on n: read the paper's numbers against "
+        f"the row that matches how they were measured.\n",
+        markdown_table(header, table_rows(summary, experiment)), "",
+    ]
+
+
+def _noisy_section(pipeline, options, result) -> list[str]:
     sde, infonce = pipeline.comparisons["noisy-sde"], pipeline.comparisons["noisy-infonce"]
     return [
         "## 2. A model with a noise band: linear heads on noisy embeddings\n",
@@ -166,6 +187,7 @@ def _noisy_section(pipeline, options) -> list[str]:
         _figure("noisy_bands.png", "Energy per band of the noisy embeddings before and after the heads"),
         "### image embeddings\n", _band_table(infonce, sde, "image"), "", _metric_table(infonce, sde, "image"), "",
         *[f"- {line}" for line in findings(sde, infonce)], "",
+        *_redistribution_section(result.redistribution, "noisy"),
         _figure("noisy_spectrum.png", "Singular spectra of the noisy image embeddings before and after the heads"),
     ]
 
@@ -175,7 +197,9 @@ def _files_section(result) -> list[str]:
     options = result.options
     flags = [("--quick", options["quick"]), (f"--steps {options['steps']}", options["steps"]),
              (f"--head-steps {options['head_steps']}", options["head_steps"]), (f"--seed {options['seed']}", options["seed"]),
-             (f"--noise-share {options['noise_share']:g}", options["noise_share"] != 0.5)]
+             (f"--noise-share {options['noise_share']:g}", options["noise_share"] != 0.5),
+             (f"--seeds {options['seeds']}", options["seeds"] != 1), (f"--null {options['null']}", options["null"] != "ddpa"),
+             (f"--bootstrap {options['bootstrap']}", options["bootstrap"] != 20)]
     command = " ".join(["sdetool reproduce --out", result.out] + [flag for flag, given in flags if given])
     return [
         "## Files\n",

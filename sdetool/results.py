@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sdetool import __version__, spectrum
-from sdetool.nulls import KS_FIT_LIMIT
 
 SCHEMA = "sdetool.analysis/1"
 
@@ -197,18 +196,18 @@ def _mp_fit(part: spectrum.SpectralPartition) -> dict:
     """How well the bulk follows the single-sigma Marchenko-Pastur law (Kolmogorov-Smirnov distance)."""
     ks = _clean(part.mp_ks)
     notes = _fit_notes(part)
-    return {"ks": ks, "fits": None if ks is None else ks <= KS_FIT_LIMIT, "limit": KS_FIT_LIMIT,
+    return {"ks": ks, "fits": None if ks is None else ks <= part.mp_ks_limit, "limit": part.mp_ks_limit,
             "note": notes[0] if notes else None}
 
 
 def _fit_notes(part: spectrum.SpectralPartition) -> list[str]:
-    """A note when the bulk is farther than :data:`KS_FIT_LIMIT` from the fitted single-sigma law."""
+    """A note when the bulk is farther than its limit (:func:`sdetool.nulls.ks_fit_limit`) from the single-sigma law."""
     ks = _clean(part.mp_ks)
-    if ks is None or ks <= KS_FIT_LIMIT:
+    if ks is None or ks <= part.mp_ks_limit:
         return []
     return [f"the noise bulk does not follow one Marchenko-Pastur law (Kolmogorov-Smirnov distance {ks:.3f} > "
-            f"{KS_FIT_LIMIT}): the columns' variances differ or the noise is not white, which the single-sigma mp "
-            f"null reads as signal"]
+            f"{part.mp_ks_limit:.3g}): the columns' variances differ or the noise is not white, which the "
+            f"single-sigma mp null reads as signal"]
 
 
 def _sample_notes(result: SetAnalysis) -> list[str]:

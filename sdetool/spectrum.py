@@ -239,6 +239,7 @@ class SpectralPartition:
     note: str | None = None
     mp_ks: float = float("nan")
     repetition: float = 1.0
+    mp_ks_limit: float = nulls.KS_FIT_LIMIT
 
     @property
     def partitioned(self) -> bool:
@@ -393,6 +394,7 @@ def _partition_unscaled(values, n, dims, options, entries, inputs: NullInputs) -
         signal_rank=signal_rank,
         numerical_rank=values.size,
         mp_ks=nulls.bulk_ks_distance(values[values <= mp_edge], sigma, n, d),
+        mp_ks_limit=nulls.ks_fit_limit(int(np.sum(values <= mp_edge))),
     )
 
 

@@ -182,7 +182,7 @@ def test_the_issue_case_through_the_cli(tmp_path):
     for document in (default, mp):
         assert document["n"] == 5000
         fit = document["noise"]["mp_fit"]
-        assert fit["ks"] > 0.1 and fit["fits"] is False and fit["limit"] == nulls.KS_FIT_LIMIT
+        assert fit["ks"] > 0.1 and fit["fits"] is False and fit["limit"] >= nulls.KS_FIT_LIMIT
         assert "Kolmogorov-Smirnov" in fit["note"] and fit["note"] in document["notes"]
     assert invoke("analyze", path, "--fail-if", "noise.mp_fit.ks > 0.1", "-q").exit_code == 1
     assert invoke("analyze", path, "--fail-if", "noise.mp_fit.ks > 0.9", "-q").exit_code == 0

@@ -30,13 +30,18 @@ from sdetool.errors import BadInputError
 from sdetool.reproduce import FIGURES, LAYOUT, LOSSES, MARKER, SCHEMA, ReproduceOptions, add_isotropic_noise
 
 BANDS = ("strong", "weak", "noise")
-FLAGS = ("--quick", "--steps", "3", "--head-steps", "5")  # the main job's --quick path, shortened
+# the main job's --quick path, shortened; two seeds and few jackknife blocks to keep it fast
+FLAGS = ("--quick", "--steps", "3", "--head-steps", "5", "--seeds", "2", "--bootstrap", "4")
 COMPARISONS = ("sde", "infonce", "sde-vs-infonce", "noisy-sde", "noisy-infonce")
-RUNS = ("sde", "infonce", "noisy-sde", "noisy-infonce")
+SEED_RUNS = ("sde-seed1", "infonce-seed1", "noisy-sde-seed1", "noisy-infonce-seed1")
+RUNS = ("sde", "infonce", "noisy-sde", "noisy-infonce", *SEED_RUNS)
+ANALYSES = ("before", "sde", "infonce", "noisy-before", "noisy-sde", "noisy-infonce", *SEED_RUNS)
 STEPS = ("extract before", "analyze before", "finetune sde", "finetune infonce", "extract sde", "analyze sde",
-         "extract infonce", "analyze infonce", "compare sde", "compare infonce", "compare sde-vs-infonce", "noise",
+         "extract infonce", "analyze infonce", "compare sde", "compare infonce", "compare sde-vs-infonce",
+         "finetune sde-seed1", "analyze sde-seed1", "finetune infonce-seed1", "analyze infonce-seed1", "noise",
          "finetune noisy-sde", "finetune noisy-infonce", "analyze noisy-before", "analyze noisy-sde",
-         "analyze noisy-infonce", "compare noisy-sde", "compare noisy-infonce", "figures")
+         "analyze noisy-infonce", "compare noisy-sde", "compare noisy-infonce", "finetune noisy-sde-seed1",
+         "analyze noisy-sde-seed1", "finetune noisy-infonce-seed1", "analyze noisy-infonce-seed1", "figures")
 
 
 def _sdetool(*args, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -97,6 +102,22 @@ def _image(path: str, key: str = "image") -> np.ndarray:
         return np.asarray(read(0, matrix.shape[0]), dtype=np.float64)
 
 
+def _assert_close(got, want, where, rel: float = 1e-9) -> None:
+    """Equal JSON trees, floats to rounding (a re-analysis sums the Gram in another order)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for key in want:
+            _assert_close(got[key], want[key], (where, key), rel)
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for index, (a, b) in enumerate(zip(got, want)):
+            _assert_close(a, b, (where, index), rel)
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, rel=rel, abs=1e-12), where
+    else:
+        assert got == want, where
+
+
 def _between(text: str, start: str, stop: str) -> str:
     return text[text.index(start):text.index(stop)]
 
@@ -118,14 +139,14 @@ def test_folder_layout(results):
     out = results["out"]
     assert sorted(os.listdir(out)) == sorted(["README.md", "summary.json", MARKER, *FIGURES, *LAYOUT])
     assert sorted(os.listdir(os.path.join(out, "embeddings"))) == ["before.h5", "infonce.h5", "noisy.h5", "sde.h5"]
-    assert sorted(os.listdir(os.path.join(out, "analysis"))) == ["before.json", "infonce.json", "noisy-before.json",
-                                                                  "noisy-infonce.json", "noisy-sde.json", "sde.json"]
+    assert sorted(os.listdir(os.path.join(out, "analysis"))) == sorted(
+        f"{name}{suffix}.json" for name in ANALYSES for suffix in ("", "-mp"))
     assert sorted(os.listdir(os.path.join(out, "compare"))) == sorted(f"{name}.json" for name in COMPARISONS)
     assert sorted(os.listdir(os.path.join(out, "runs"))) == sorted(RUNS)
     for run in RUNS:
         for name in ("config.json", "model.safetensors", "eval.json", "metrics.jsonl", "checkpoint.safetensors"):
             assert os.path.isfile(os.path.join(out, "runs", run, name)), (run, name)
-    for run in ("noisy-sde", "noisy-infonce"):  # the heads export their held-out embeddings (noisy_spectrum.png)
+    for run in ("noisy-sde", "noisy-infonce", *SEED_RUNS):  # the heads and the later seeds export their embeddings
         for stage in ("before", "after"):
             assert os.path.isfile(os.path.join(out, "runs", run, f"embeddings_{stage}.h5")), (run, stage)
     leftovers = [path for path in results["files"] if path.endswith((".tmp", ".partial")) or ".partial" in path]
@@ -151,9 +172,11 @@ def test_runs_were_trained_as_asked(results):
     out = results["out"]
     for run in RUNS:
         training = _json(out, "runs", run, "config.json")["training"]
-        assert training["loss"] == run.rpartition("-")[2], run
-        assert training["seed"] == 0, run
-        if run in LOSSES:
+        name, seed = (run.rpartition("-seed")[0], 1) if "-seed" in run else (run, 0)
+        assert training["loss"] == name.rpartition("-")[2], run
+        assert training["seed"] == seed, run
+        assert training["method"]["partition"]["null"] == "ddpa", run
+        if name in LOSSES:
             assert training["target"] == "model" and training["model"] == "builtin:lit-fmnist"
             assert training["steps"] == 3
         else:
@@ -177,6 +200,7 @@ def test_summary_is_the_json_output(results):
     assert options["steps"] == 3 and options["head_steps"] == 5 and options["model_steps"] == 3
     assert options["noisy_steps"] == 5 and options["noise_share"] == 0.5 and options["seed"] == 0
     assert options["quick"] is True and options["resume"] is False and options["overwrite"] is False
+    assert options["seeds"] == 2 and options["null"] == "ddpa" and options["bootstrap"] == 4
     assert list(summary["seconds"]) == list(STEPS)
     assert all(value >= 0 for value in summary["seconds"].values())
     assert summary["total_seconds"] == pytest.approx(sum(summary["seconds"].values()), abs=0.06)
@@ -215,6 +239,50 @@ def test_no_module_reads_outside_the_install():
             if name.endswith(".py"):
                 text = _text(folder, name)
                 assert not any(prefix in text for prefix in hidden_paths.MACHINE_ONLY), os.path.join(folder, name)
+
+
+@pytest.mark.parametrize("name", ANALYSES)
+def test_every_store_is_analysed_under_the_default_null_and_mp(results, name):
+    out = results["out"]
+    for suffix, null in (("", "ddpa"), ("-mp", "mp")):
+        entry = _json(out, "analysis", f"{name}{suffix}.json")["sets"]["image"]
+        assert entry["noise"]["null"] == null
+        assert entry["uncertainty"] == {"method": "delete-a-block jackknife", "blocks": 4, "ci_level": 0.9}
+        for band in BANDS:
+            low, high = entry["bands"][band]["energy_share_ci"]
+            assert 0.0 <= low <= high <= 1.0
+        assert [row["n"] for row in entry["scale"]] == [256] and entry["scale"][0]["repeats"] == 10
+    default, mp = (_json(out, "analysis", f"{name}{suffix}.json")["sets"]["image"] for suffix in ("", "-mp"))
+    # One spectrum: equal to rounding (values at the numerical floor differ by ~1e-9 of the top one).
+    top = default["singular_values"][0]
+    np.testing.assert_allclose(default["singular_values"], mp["singular_values"], rtol=1e-9, atol=1e-8 * top)
+
+
+def test_redistribution_is_the_analyses(results):
+    """summary.json's redistribution and the README's tables are the analyses' numbers, over both seeds."""
+    out, summary = results["out"], results["json"]["redistribution"]
+    assert summary["nulls"] == ["ddpa", "mp"] and summary["seeds"] == [0, 1] and summary["batch_rows"] == 256
+    assert summary["paper"]["noise"] == [81.84, 70.51]
+    readme = _text(out, "README.md")
+    for experiment, prefix in (("model", ""), ("noisy", "noisy-")):
+        states = summary["experiments"][experiment]
+        assert list(states) == [f"{prefix}before", f"{prefix}sde", f"{prefix}infonce"]
+        for name, row in states.items():
+            for null, suffix in (("ddpa", ""), ("mp", "-mp")):
+                runs = [name] if name.endswith("before") else [name, f"{name}-seed1"]
+                entries = [_json(out, "analysis", f"{run}{suffix}.json")["sets"]["image"] for run in runs]
+                for band in BANDS:
+                    shares = [entry["bands"][band]["energy_share"] for entry in entries]
+                    cell = row[null][band]
+                    assert cell["share"] == pytest.approx(np.mean(shares), abs=1e-12)
+                    assert cell["ci"] == entries[0]["bands"][band]["energy_share_ci"]
+                    batch = [entry["scale"][0]["bands"][band]["energy_share"]["mean"] for entry in entries]
+                    assert cell["batch_share"] == pytest.approx(np.mean(batch), abs=1e-12)
+                    if len(runs) > 1:
+                        assert cell["sd"] == pytest.approx(np.std(shares, ddof=1), abs=1e-12)
+                noise = row[null]["noise"]
+                assert f"| {row['label']} | {null} |" in readme
+                assert f"{100 * noise['batch_share']:.2f} ± {100 * noise['batch_sd']:.2f} |" in readme
 
 
 def test_comparisons_are_the_compare_files(results):
@@ -370,7 +438,7 @@ def test_readme_shows_the_numbers_of_the_files(results):
                 f"{100 * evaluations['infonce']['after']['zero_shot_accuracy']:.2f}% after InfoNCE.")
     assert accuracy in readme
     assert "fine-tuned for 3 steps" in readme and "for 5 steps with each loss" in readme
-    assert f"`sdetool reproduce --out {out} --quick --steps 3 --head-steps 5`" in readme
+    assert f"`sdetool reproduce --out {out} {' '.join(FLAGS)}`" in readme
 
 
 def test_readme_noisy_section_shows_the_noisy_comparisons(results):
@@ -559,7 +627,7 @@ def test_noise_share_0_leaves_experiment_2_out(results, tmp_path, monkeypatch):
     for path in ("noisy_bands.png", "noisy_spectrum.png", "embeddings/noisy.h5", "compare/noisy-sde.json",
                  "compare/noisy-infonce.json", "README.md", "summary.json"):
         os.remove(os.path.join(out, path))
-    for run in ("noisy-sde", "noisy-infonce"):
+    for run in ("noisy-sde", "noisy-infonce", *SEED_RUNS):  # and the second seed's runs (seeds=1 here)
         shutil.rmtree(os.path.join(out, "runs", run))
     monkeypatch.setattr(module.Pipeline, "extract", lambda self, name, model: None)
     stages = []
@@ -582,7 +650,7 @@ def test_noise_share_0_leaves_experiment_2_out(results, tmp_path, monkeypatch):
     assert not any("noisy" in step or step == "noise" for step in summary["seconds"])
     assert not any(note.startswith("noisy embeddings") for note in summary["notes"])
     for name in ("sde", "infonce", "sde-vs-infonce"):  # experiment 1 is unchanged
-        assert summary["comparisons"][name]["sets"] == results["json"]["comparisons"][name]["sets"], name
+        _assert_close(summary["comparisons"][name]["sets"], results["json"]["comparisons"][name]["sets"], name)
     assert sorted(os.listdir(out)) == sorted(["README.md", "summary.json", MARKER, *LAYOUT, *FIGURES[:4]])
     assert sorted(os.listdir(os.path.join(out, "runs"))) == ["infonce", "sde"]
     assert "noisy.h5" not in os.listdir(os.path.join(out, "embeddings"))
@@ -608,4 +676,4 @@ def test_a_moved_results_folder_can_be_resumed(results, resumed, tmp_path, monke
     result = module.reproduce(moved, ReproduceOptions(steps=3, head_steps=5, resume=True, device="cpu"))
     for name in COMPARISONS:
         for key, entry in result.comparisons[name]["sets"].items():
-            assert entry["bands"] == resumed["json"]["comparisons"][name]["sets"][key]["bands"], (name, key)
+            _assert_close(entry["bands"], resumed["json"]["comparisons"][name]["sets"][key]["bands"], (name, key))
