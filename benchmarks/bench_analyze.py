@@ -4,12 +4,12 @@
 One run measures, on this machine and in this order:
 
 1. Data: seeded float32 sdetool stores with ``n`` rows of dimension ``d`` (a few spikes, a mean
-   offset and Gaussian noise), written block by block with :class:`sdetool.store.StoreWriter`: a big
+   offset and Gaussian noise), written block by block with :class:`sdetool.io.store.StoreWriter`: a big
    one (default n = 10^6) and a small one (n = 10^5), plus a ``.npy`` copy of the small one. Files
    that already exist with the same specification are reused (``--rebuild`` rewrites them).
 2. Streaming (big file, warm page cache): the bare *floor* (h5py reads of the same row blocks in one
    thread, ``np.copyto`` into a preallocated float64 buffer, ``G += b.T @ b``, ``scipy.linalg.eigvalsh``),
-   ``sdetool.analysis.analyze`` as a library call, and the CLI ``sdetool analyze FILE --json OUT -q`` as
+   ``sdetool.analysis.analyze.analyze`` as a library call, and the CLI ``sdetool analyze FILE --json OUT -q`` as
    a subprocess. Rounds are interleaved (floor, library, CLI; repeated) and medians reported, with the
    per-round analyze/floor ratio.
 3. In memory (small matrix): ``analyze`` on the memory-mapped ``.npy`` and on the ``.h5`` against
@@ -53,8 +53,8 @@ import scipy
 import scipy.linalg
 
 import sdetool
-from sdetool.analysis import AnalysisOptions, analyze
-from sdetool.store import StoreWriter
+from sdetool.analysis.analyze import AnalysisOptions, analyze
+from sdetool.io.store import StoreWriter
 
 KEY = "embeddings"
 SEED = 20240611
@@ -226,8 +226,8 @@ def engine_block_rows(path: str) -> int:
         data = handle[f"/{KEY}/embeddings"]
         d, chunk_rows = data.shape[1], (data.chunks[0] if data.chunks else None)
     try:  # the engine's own rule, so the floor reads exactly the same blocks
-        from sdetool.analysis import _block_rows
-        from sdetool.sources import _aligned
+        from sdetool.analysis.analyze import _block_rows
+        from sdetool.io.sources import _aligned
 
         return _aligned(_block_rows(AnalysisOptions(), d), chunk_rows)
     except ImportError:  # pragma: no cover - private helpers renamed; same rule restated
@@ -340,7 +340,7 @@ def hwm_kib():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-from sdetool.analysis import AnalysisOptions, analyze
+from sdetool.analysis.analyze import AnalysisOptions, analyze
 base = hwm_kib()
 start = time.perf_counter()
 analyze(sys.argv[1], ["embeddings"], AnalysisOptions())
@@ -488,7 +488,7 @@ def streaming_section(args, big_path: str, n_big: int, d: int, scratch: str, sum
         ("  of which widen (np.copyto)", f"{parts['widen']:.2f}", f"{parts['widen'] / floor_med:.2f}", ""),
         ("  of which syrk (G += b.T @ b)", f"{parts['syrk']:.2f}", f"{parts['syrk'] / floor_med:.2f}", ""),
         ("  of which eigvalsh", f"{parts['eigvalsh']:.3f}", f"{parts['eigvalsh'] / floor_med:.3f}", ""),
-        ("sdetool.analysis.analyze (library)", f"{lib_med:.2f}", f"{lib_med / floor_med:.2f}", f"{paired:.2f}"),
+        ("sdetool.analysis.analyze.analyze (library)", f"{lib_med:.2f}", f"{lib_med / floor_med:.2f}", f"{paired:.2f}"),
         ("sdetool analyze --json -q (CLI subprocess)", f"{cli_med:.2f}", f"{cli_med / floor_med:.2f}", f"{paired_cli:.2f}"),
     ]
     out = {"block_rows": block_rows, "cold_read_s": cold_s, "cold_gbps": cold_rate, "warm_read_s": warm_s,

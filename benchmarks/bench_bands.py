@@ -5,7 +5,7 @@ One run measures, on the same seeded data, side by side:
 
 Spatial bands (``analyze --spatial-bands``), per-grid energy of K = 4 radial bands of ``m`` token grids:
 
-- ``sdetool``: :func:`sdetool.bands.band_energies`: one batched ``scipy.fft.rfft2`` (real input: half
+- ``sdetool``: :func:`sdetool.spectral.bands.band_energies`: one batched ``scipy.fft.rfft2`` (real input: half
   the spectrum, bins weighted by their multiplicity) and one matrix product with the band weights;
 - ``scipy-fft2``: ``scipy.fft.fft2`` of the whole chunk in the input's precision, full spectrum (no
   rfft halving), the same matrix product;
@@ -17,7 +17,7 @@ Workloads: ``lit`` (7 x 7 x 128, the built-in model's conv map), ``vit-b`` (14 x
 224 px), ``pixels`` (28 x 28 x 1). Every variant's energies are checked against ``sdetool``'s (max
 relative difference printed).
 
-SVD band reconstructions (:func:`sdetool.bands.svd_band_reconstructions`, K = 4) of an n x d matrix:
+SVD band reconstructions (:func:`sdetool.spectral.bands.svd_band_reconstructions`, K = 4) of an n x d matrix:
 ``sdetool`` (one LAPACK SVD, one product per band) against ``naive`` (sum of rank-one outer products per
 component, the textbook formula) on a small size, and the end-to-end ``analyze --bands 4`` overhead
 over plain ``analyze`` on a 10^5 x 512 ``.npy``.
@@ -41,7 +41,7 @@ import time
 
 import numpy as np
 
-from sdetool import bands
+from sdetool.spectral import bands
 
 WORKLOADS = {"lit": (4096, 7, 7, 128), "vit-b": (256, 14, 14, 768), "pixels": (10000, 28, 28, 1)}
 
@@ -110,7 +110,7 @@ def naive_reconstructions(matrix: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def svd_rows(repeats: int) -> list[dict]:
-    from sdetool.analysis import AnalysisOptions, analyze
+    from sdetool.analysis.analyze import AnalysisOptions, analyze
 
     rng = np.random.default_rng(1)
     rows = []
@@ -135,9 +135,9 @@ def svd_rows(repeats: int) -> list[dict]:
 
 
 def store_rows(path: str, repeats: int) -> list[dict]:
-    from sdetool.analysis import AnalysisOptions, analyze
-    from sdetool.spatial import _BLOCK_BYTES
-    from sdetool.store import open_tokens
+    from sdetool.analysis.analyze import AnalysisOptions, analyze
+    from sdetool.analysis.spatial import _BLOCK_BYTES
+    from sdetool.io.store import open_tokens
 
     tokens = open_tokens(path, "image")
     n, h, w, c = tokens.shape

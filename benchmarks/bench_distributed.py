@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_shard(args: tuple[str, int, int, int]) -> str:
     path, rows, dim, seed = args
     sys.path.insert(0, str(ROOT))
-    from sdetool import store
+    from sdetool.io import store
 
     rng = np.random.default_rng(seed)
     directions = np.linalg.qr(np.random.default_rng(0).standard_normal((dim, 16)))[0]  # shared by all shards
@@ -136,7 +136,7 @@ def main() -> None:
     print(f"plain read of all shards: {gigabytes / first:.2f} GB/s first, {gigabytes / second:.2f} GB/s again; "
           f"h5py block reads, one thread: {gigabytes / h5:.2f} GB/s", flush=True)
     print(f"interpreter start + import: numpy {import_seconds('numpy'):.2f} s, torch {import_seconds('torch'):.2f} s, "
-          f"sdetool.analysis {import_seconds('sdetool.analysis'):.2f} s", flush=True)
+          f"sdetool.analysis.analyze {import_seconds('sdetool.analysis.analyze'):.2f} s", flush=True)
     out = Path(args.out or args.data_dir)
     out.mkdir(parents=True, exist_ok=True)
 

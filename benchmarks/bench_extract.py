@@ -20,9 +20,9 @@ One run measures, on this machine and in this order:
      ``torch.stack``, ``encode_images`` under ``torch.inference_mode`` (and autocast for fp16/bf16),
      ``.float().cpu().numpy()``; at the end ``np.save`` of the matrix. Decode, transform and model
      times are summed separately.
-   - ``sdetool.extract.extract(spec, image_folder(folder), out.h5, ExtractOptions(...))`` with the
+   - ``sdetool.extract.extraction.extract(spec, image_folder(folder), out.h5, ExtractOptions(...))`` with the
      same device, precision and batch size: default workers (``num_workers=None``: sdetool times the
-     first items and picks the worker/thread split, ``sdetool.loading.plan_pipeline``; the summary
+     first items and picks the worker/thread split, ``sdetool.extract.loading.plan_pipeline``; the summary
      notes say what it chose), ``num_workers=0`` and ``num_workers=2``, and
      ``num_workers=2`` with this process's torch intra-op threads set to 1 for the call
      (``--thread-variants``; what ``OMP_NUM_THREADS=1 sdetool extract --num-workers 2`` does), which
@@ -67,12 +67,11 @@ from contextlib import nullcontext
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_analyze import LoadMeter, QuietWaiter, fmt_load, table  # noqa: E402  (one implementation)
-
 import sdetool  # noqa: E402
-from sdetool.data.items import image_folder  # noqa: E402
-from sdetool.extract import PRECISIONS, ExtractOptions, Progress, extract  # noqa: E402
-from sdetool.models import load_model  # noqa: E402
+from bench_analyze import LoadMeter, QuietWaiter, fmt_load, table  # noqa: E402  (one implementation)
+from sdetool.extract.data.items import image_folder  # noqa: E402
+from sdetool.extract.extraction import PRECISIONS, ExtractOptions, Progress, extract  # noqa: E402
+from sdetool.extract.models import load_model  # noqa: E402
 
 SEED = 20240612
 BUILTIN = "builtin:lit-fmnist"
@@ -287,13 +286,13 @@ def profile_extract(spec: str, folder: str, out: str, options: ExtractOptions) -
     os.remove(out)
     stats = pstats.Stats(profiler)
     wanted = {
-        "load_model": ("sdetool/models/__init__.py", "load_model"),
+        "load_model": ("sdetool/extract/models/__init__.py", "load_model"),
         "DataLoader: wait for / receive a batch": ("torch/utils/data/dataloader.py", "__next__"),
         "DataLoader: start workers (iter)": ("torch/utils/data/dataloader.py", "__iter__"),
         "encoder.encode_images": (None, "encode_images"),
-        "_Embedder.images (model + to numpy)": ("sdetool/extract.py", "images"),
-        "_write_chunk (npz + fsync)": ("sdetool/extract.py", "_write_chunk"),
-        "_assemble (store from chunks)": ("sdetool/extract.py", "_assemble"),
+        "_Embedder.images (model + to numpy)": ("sdetool/extract/extraction.py", "images"),
+        "_write_chunk (npz + fsync)": ("sdetool/extract/extraction.py", "_write_chunk"),
+        "_assemble (store from chunks)": ("sdetool/extract/extraction.py", "_assemble"),
     }
     found = {name: 0.0 for name in wanted}
     for (filename, _line, function), (_cc, _nc, _tt, cumulative, _callers) in stats.stats.items():

@@ -40,10 +40,10 @@ import time
 
 import numpy as np
 
-from sdetool import sde
-from sdetool.finetune import FinetuneOptions, TrainingLoop, build_target, load_data
-from sdetool.finetune_data import PairData, PairSet
-from sdetool.runfolder import RunFolder
+from sdetool.finetune import sde
+from sdetool.finetune.pairs import PairData, PairSet
+from sdetool.finetune.run import FinetuneOptions, TrainingLoop, build_target, load_data
+from sdetool.finetune.runfolder import RunFolder
 
 VARIANTS = ("infonce", "sde", "sde-random", "sde-svd")
 
@@ -60,7 +60,7 @@ def synthetic_pairs(n: int, d: int, seed: int = 0) -> PairData:
 
 
 def spectrum_by_svd(features) -> sde.BatchSpectrum:
-    """The naive peer of :func:`sdetool.sde.batch_spectrum`: one ``torch.linalg.svd`` of the centred batch,
+    """The naive peer of :func:`sdetool.finetune.sde.batch_spectrum`: one ``torch.linalg.svd`` of the centred batch,
     the gradient flowing through its singular values (the vectors are used detached)."""
     import torch
 
@@ -83,12 +83,12 @@ def make_loop(workload: str, variant: str, device: str, args, folder: str) -> Tr
         data = synthetic_pairs(4096, 512)
         target = build_target(None, data, options, device)
     else:
-        from sdetool.data.items import builtin_data, image_folder
+        from sdetool.extract.data.items import builtin_data, image_folder
 
         source = builtin_data("fashion-mnist:test") if workload == "builtin" else image_folder(args.clip_images)
         data = load_data(None, source, None, options)
         target = build_target(None if workload == "builtin" else "hf:" + args.clip_folder, data, options, device)
-    from sdetool.distributed import World
+    from sdetool.runtime.distributed import World
 
     if workload == "clip":  # model-only timing: one preprocessed batch, reused (decoding is the same for all variants)
         fixed = torch.randn(options.batch_size, 3, 224, 224)
@@ -143,7 +143,7 @@ def build_clip(folder: str, images: str, count: int) -> None:
     from PIL import Image
     from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from sdetool.models.lit import minilm_folder
+    from sdetool.extract.models.lit import minilm_folder
 
     torch.manual_seed(0)
     config = CLIPConfig(text_config={"vocab_size": 30522, "hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8,

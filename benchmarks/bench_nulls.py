@@ -3,7 +3,7 @@
 
 On the stores of ``bench_analyze.py`` (seeded float32, d = 768, 10 spikes, n = 10^6 and 10^5; written
 once under ``bench-data/`` by the same code, so the numbers sit beside that benchmark's), one run times
-side by side, in interleaved rounds, each variant as ``sdetool.analysis.analyze(path, ["embeddings"],
+side by side, in interleaved rounds, each variant as ``sdetool.analysis.analyze.analyze(path, ["embeddings"],
 options)`` in a fresh subprocess (imports not timed; the page cache warm):
 
 - the floor of ``bench_analyze.py`` (h5py read, widen, float64 syrk, eigvalsh; nothing else);
@@ -43,6 +43,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import bench_analyze as base  # noqa: E402  (the store writer, floor pass, load meter and environment)
+from provenance import provenance  # noqa: E402
 
 KEY = base.KEY
 D = 768
@@ -66,9 +67,9 @@ spec = json.loads(sys.argv[1])
 if spec["root"]:
     sys.path.insert(0, spec["root"])
 import numpy as np
-from sdetool.analysis import AnalysisOptions, analyze
+from sdetool.analysis.analyze import AnalysisOptions, analyze
 if not spec["fingerprints"]:
-    from sdetool import rowsets
+    from sdetool.spectral import rowsets
     rowsets.RowFingerprints.add = lambda self, rows, squares: None
 options = AnalysisOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()})
 if spec["profile"]:
@@ -125,9 +126,9 @@ def run_variant(name: str, path: str, trees: dict, profile: bool = False) -> dic
 
 def partition_costs(path: str, reps: int) -> dict:
     """Seconds of the partition alone (spectrum, null, metrics) per null, on one streamed state; median of ``reps``."""
-    from sdetool.analysis import AnalysisOptions, stream_state
-    from sdetool.sources import open_inputs
-    from sdetool.summary import summarize
+    from sdetool.analysis.analyze import AnalysisOptions, stream_state
+    from sdetool.io.sources import open_inputs
+    from sdetool.spectral.summary import summarize
 
     shards = open_inputs([path], [KEY])[KEY]
     costs = {}
@@ -149,7 +150,7 @@ def timed_parts() -> list[tuple[str, float]]:
     """Seconds of the pieces behind the fingerprints' and the permutation null's costs (one thread of work each)."""
     import numpy as np
 
-    from sdetool.rowsets import RowFingerprints
+    from sdetool.spectral.rowsets import RowFingerprints
 
     def clock(function) -> float:
         start = time.perf_counter()
@@ -177,29 +178,6 @@ def timed_parts() -> list[tuple[str, float]]:
     parts.append(("the same with numpy.random.Generator.permuted(sample, axis=0)",
                   clock(lambda: generator.permuted(sample, axis=0))))
     return parts
-
-
-def provenance() -> dict:
-    """The commit, the library files changed since, and a digest of the library's sources: which code ran."""
-    import hashlib
-
-    repo = REPO
-
-    def git(*words: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", repo, *words], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    digest = hashlib.sha256()
-    folder = os.path.join(repo, "sdetool")
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as handle:
-                digest.update(name.encode() + handle.read())
-    changed = git("status", "--short", "--", "sdetool").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD"), "changed": [line.strip() for line in changed],
-            "sdetool_sha256": digest.hexdigest()[:16]}
 
 
 def table(rows: list[tuple], heads: tuple) -> str:

@@ -2,8 +2,8 @@
 """Calibration of ``analyze --bootstrap K`` (the delete-a-block jackknife) in simulation.
 
 For each setting, ``--draws`` independent seeded matrices are analysed with ``--bootstrap K`` (default
-K = 20, ``--ci-level 0.9``) through the code ``analyze`` runs (:class:`sdetool.gram.GramAccumulator`
-with ``blocks=K``, :func:`sdetool.summary.partition_state` and :func:`sdetool.summary.intervals`). For
+K = 20, ``--ci-level 0.9``) through the code ``analyze`` runs (:class:`sdetool.spectral.gram.GramAccumulator`
+with ``blocks=K``, :func:`sdetool.spectral.summary.partition_state` and :func:`sdetool.spectral.summary.intervals`). For
 every statistic that gets an interval (each band's energy share and count, the noise edge, the
 effective rank) it reports:
 
@@ -39,10 +39,12 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sdetool import metrics, rmt, spectrum
-from sdetool.analysis import AnalysisOptions
-from sdetool.gram import GramAccumulator
-from sdetool.summary import intervals, partition_state, resolved_values
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
+from sdetool.analysis.analyze import AnalysisOptions
+from sdetool.spectral import metrics, rmt, spectrum
+from sdetool.spectral.gram import GramAccumulator
+from sdetool.spectral.summary import intervals, partition_state, resolved_values
 
 SEED = 20261129
 STATISTICS = ("strong.energy_share", "weak.energy_share", "noise.energy_share", "strong.count", "weak.count",
@@ -80,7 +82,7 @@ def state_of(matrix: np.ndarray, options: AnalysisOptions):
 
 
 def statistics(part) -> dict:
-    """As :func:`sdetool.summary._statistics`: the values that get intervals."""
+    """As :func:`sdetool.spectral.summary._statistics`: the values that get intervals."""
     values = {f"{name}.energy_share": float(part.shares[i]) for i, name in enumerate(spectrum.BANDS)}
     values.update({f"{name}.count": float(np.sum(part.labels == i)) for i, name in enumerate(spectrum.BANDS)})
     values["edge"] = float(part.edge)
@@ -159,30 +161,6 @@ def row_bootstrap(setting: dict, draws: int, replicates: int, level: float) -> d
             out[f"{kind}:{name}"] = {"coverage": covered, "draws": draws, "sd": float(values.std(ddof=1)),
                                      "bias": float(np.mean(shift[kind][name]))}
     return out
-
-
-def provenance() -> dict:
-    """The commit, the library files changed since, and a digest of the library's sources: which code ran."""
-    import hashlib
-    import subprocess
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-    def git(*words: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", repo, *words], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    digest = hashlib.sha256()
-    folder = os.path.join(repo, "sdetool")
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as handle:
-                digest.update(name.encode() + handle.read())
-    changed = git("status", "--short", "--", "sdetool").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD"), "changed": [line.strip() for line in changed],
-            "sdetool_sha256": digest.hexdigest()[:16]}
 
 
 def table(results: list[dict], level: float) -> str:

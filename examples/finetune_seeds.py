@@ -8,7 +8,7 @@ Each run is a ``sdetool finetune`` run folder (``runs/seeds/<loss>-seed<k>/``); 
 are reused. The script prints, and writes to ``<out>/summary.json`` and ``<out>/summary.md``, the
 mean and standard deviation over seeds of the held-out image embeddings' band energy shares
 (measured by ``analyze``), zero-shot accuracy and recalls, before and after fine-tuning.
-``--set NAME=VALUE`` passes an SDE option (a field of ``sdetool.sde.SDEConfig``) to the SDE runs.
+``--set NAME=VALUE`` passes an SDE option (a field of ``sdetool.finetune.sde.SDEConfig``) to the SDE runs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import argparse
 import os
 import sys
 
-from sdetool.finetune import FinetuneOptions, finetune
-from sdetool.report import seed_summary, write_seed_summary
-from sdetool.sde import SDEConfig
+from sdetool.finetune.run import FinetuneOptions, finetune
+from sdetool.finetune.sde import SDEConfig
+from sdetool.results.tables import seed_summary, write_seed_summary
 
 METRICS = (("zero-shot accuracy", ("zero_shot_accuracy",)),
            ("image->text R@1", ("recall", "image_to_text_R@1")),

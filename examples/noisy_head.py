@@ -20,11 +20,11 @@ import argparse
 import os
 import sys
 
-from sdetool.data.items import builtin_data
-from sdetool.extract import ExtractOptions, extract
-from sdetool.finetune import FinetuneOptions, finetune
-from sdetool.report import seed_summary, write_seed_summary
-from sdetool.reproduce import noisy_store
+from sdetool.extract.data.items import builtin_data
+from sdetool.extract.extraction import ExtractOptions, extract
+from sdetool.finetune.run import FinetuneOptions, finetune
+from sdetool.results.reproduce import noisy_store
+from sdetool.results.tables import seed_summary, write_seed_summary
 
 METRICS = (("image->text R@1", ("recall", "image_to_text_R@1")),
            ("image->text R@5", ("recall", "image_to_text_R@5")),

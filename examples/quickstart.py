@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sdetool import store
 from sdetool.api import AnalysisOptions, analyze, evaluate_checks, parse_check
-from sdetool.data.synthetic import planted_spikes
+from sdetool.io import store
+from sdetool.spectral.synthetic import planted_spikes
 
 
 def main(folder: Path) -> int:

@@ -17,17 +17,25 @@
 >>> parts = svd_band_reconstructions(X, 4)   # (4, n, d); parts.sum(0) == X                           # doctest: +SKIP
 """
 
-from sdetool.analysis import AnalysisOptions, AnalysisReport, CrossAnalysis, Progress, SetAnalysis, analyze
-from sdetool.bands import band_energies, band_weights, split_bands, svd_band_reconstructions
-from sdetool.checks import evaluate as evaluate_checks
-from sdetool.checks import parse_check
-from sdetool.compare import Comparison, compare, compare_states
-from sdetool.data.items import ItemSource, open_source
-from sdetool.extract import ExtractOptions, ExtractResult, extract
-from sdetool.figures import PlotOptions, plot
-from sdetool.finetune import FinetuneOptions, FinetuneResult, finetune
-from sdetool.models import load_model
-from sdetool.reproduce import ReproduceOptions, ReproduceResult, reproduce
+from sdetool.analysis.analyze import AnalysisOptions, AnalysisReport, CrossAnalysis, Progress, SetAnalysis, analyze
+from sdetool.analysis.checks import check_paths
+from sdetool.analysis.checks import evaluate as evaluate_checks
+from sdetool.analysis.checks import parse_check
+from sdetool.analysis.report import report_paths
+from sdetool.extract.data.items import ItemSource, open_source
+from sdetool.extract.extraction import ExtractOptions, ExtractResult, extract
+from sdetool.extract.models import backend_status, load_model
+from sdetool.finetune.run import FinetuneOptions, FinetuneResult, finetune
+from sdetool.finetune.sde import SDEConfig
+from sdetool.io.checkpoint import incomplete_message
+from sdetool.results.compare import Comparison, compare, compare_paths, compare_states
+from sdetool.results.figures import PlotOptions, plot
+from sdetool.results.reproduce import ReproduceOptions, ReproduceResult, reproduce
+from sdetool.results.tables import (check_output_path, render_analysis, render_checks, render_compare, render_extract,
+                                    render_finetune, render_models, write_csv, write_json, write_npz)
+from sdetool.runtime.distributed import current_world
+from sdetool.spectral.bands import band_energies, band_weights, split_bands, svd_band_reconstructions
+from sdetool.spectral.spectrum import PartitionOptions
 
 __all__ = [
     "AnalysisOptions",
@@ -60,3 +68,11 @@ __all__ = [
     "split_bands",
     "svd_band_reconstructions",
 ]
+
+# What the command line (sdetool.cli) reaches beyond the public names: option objects, the JSON paths that
+# --fail-if may name, the renderers and writers of its output. Stable enough for front ends; not in __all__.
+FRONT_END = (
+    "PartitionOptions", "SDEConfig", "backend_status", "check_output_path", "check_paths", "compare_paths",
+    "current_world", "incomplete_message", "render_analysis", "render_checks", "render_compare", "render_extract",
+    "render_finetune", "render_models", "report_paths", "write_csv", "write_json", "write_npz",
+)

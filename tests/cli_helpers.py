@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from sdetool.cli import app
 
-# One line of sdetool.progressbar.PlainProgress: what stderr holds besides messages when it is no terminal.
+# One line of sdetool.cli.progress.PlainProgress: what stderr holds besides messages when it is no terminal.
 PROGRESS_LINE = re.compile(
     r"^sdetool: (?P<label>.+): (?P<done>[\d,]+)/(?P<total>[\d,]+) (?P<unit>\w+)(?: \((?P<share>\d+)%\))?, "
     r"(?P<rate>\?|[\d,.]+) (?P=unit)/s, elapsed (?P<elapsed>\d+:\d\d:\d\d), "

@@ -107,7 +107,7 @@ def build_tiny_clip(folder) -> str:
 
 def fashion_subset(count: int, start: int = 0):
     """The first ``count`` items of the built-in Fashion-MNIST test split as an :class:`ItemSource`."""
-    from sdetool.data.items import ItemSource, builtin_data
+    from sdetool.extract.data.items import ItemSource, builtin_data
 
     full = builtin_data("fashion-mnist")
     stop = start + count

@@ -5,15 +5,16 @@ import re
 
 import typer
 
-from sdetool import clidocs, clihelp
 from sdetool.cli import app
+from sdetool.cli import docs as clidocs
+from sdetool.cli import help as clihelp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_cli_reference_is_current():
     current = (ROOT / "docs" / "cli.md").read_text()
-    assert current == clidocs.render(), "docs/cli.md is stale: run `python -m sdetool.clidocs > docs/cli.md`"
+    assert current == clidocs.render(), "docs/cli.md is stale: run `python -m sdetool.cli.docs > docs/cli.md`"
 
 
 def test_option_details_name_real_options():

@@ -1,0 +1,417 @@
+"""Streaming sufficient statistics of a row set: count, mean, centred scatter (float64 Gram).
+
+Rows arrive in chunks of any float dtype; every chunk is widened into one preallocated float64
+buffer (never accumulated in float16/float32), shifted by a fixed vector (the first chunk's mean) so
+that centering at the end does not cancel, and added to the Gram with a BLAS syrk. States of
+disjoint row sets merge exactly (Chan, Golub & LeVeque 1979), which makes shards and distributed
+ranks additive.
+
+Pure numpy: no files, no printing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from sdetool.errors import BadInputError
+from sdetool.spectral.rowsets import RowFingerprints, RowSample, merge_samples, row_keys
+
+
+@dataclass
+class GramState:
+    """Statistics of ``n`` rows of dimension ``d``.
+
+    Attributes
+    ----------
+    n : int
+        Number of rows accumulated.
+    mean : ndarray, shape (d,)
+        Column mean, float64.
+    scatter : ndarray, shape (d, d)
+        Centred scatter ``sum_i (x_i - mean)(x_i - mean)^T``, float64, symmetric.
+    unit_sum : ndarray, shape (d,)
+        Sum of the raw rows scaled to unit norm (zero rows skipped): gives the mean pairwise cosine
+        and the modality gap in O(n d).
+    zero_rows : int
+        Rows of norm zero (left out of ``unit_sum``).
+    nonfinite_rows : int
+        Rows holding NaN or Inf that were seen (dropped or not, see :class:`GramAccumulator`).
+    first_nonfinite : int or None
+        Stream position (0-based, counting every row seen) of the first such row.
+    rows : ndarray or None, shape (n, d)
+        The rows themselves, when they were kept for a direct SVD (small ``n``).
+    entry_sample : ndarray or None, shape (m, d)
+        A uniform random sample of rows (bottom-k keys), for entry-wise noise estimators.
+    entry_keys : ndarray or None, shape (m,)
+        The sampling keys of ``entry_sample``, so that samples of several states merge.
+    sample_rows : int
+        Capacity of the row sample (a merged sample keeps at most this many rows).
+    fingerprints : ndarray of uint64 or None
+        The distinct row fingerprints (:class:`sdetool.spectral.rowsets.RowFingerprints`): their count is the
+        number of distinct rows.
+    blocks : tuple of GramState or None
+        The statistics of each jackknife block (rows split by a hash of their position), whose union is
+        this state (:mod:`sdetool.spectral.jackknife`).
+    """
+
+    n: int
+    mean: np.ndarray
+    scatter: np.ndarray
+    unit_sum: np.ndarray
+    zero_rows: int = 0
+    nonfinite_rows: int = 0
+    first_nonfinite: int | None = None
+    rows: np.ndarray | None = None
+    entry_sample: np.ndarray | None = None
+    entry_keys: np.ndarray | None = None
+    sample_rows: int = 0
+    fingerprints: np.ndarray | None = None
+    blocks: tuple | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def distinct_rows(self) -> int | None:
+        """Rows that are not repeats of another (to working precision); None when not tracked."""
+        return None if self.fingerprints is None else int(self.fingerprints.size)
+
+    def without(self, part: "GramState") -> "GramState":
+        """The statistics of this state's rows less those of ``part``, a subset of them (jackknife).
+
+        Inverts :meth:`merge`: ``S_rest = S - S_part - (n_rest n_part / n) (m_rest - m_part)(m_rest - m_part)^T``.
+        Only ``n``, ``mean`` and ``scatter`` are meaningful (no unit sums, samples, rows or fingerprints).
+        """
+        rest = self.n - part.n
+        if rest <= 0:
+            return GramState(0, np.zeros(self.dim), np.zeros((self.dim, self.dim)), np.zeros(self.dim))
+        mean = (self.mean * self.n - part.mean * part.n) / rest
+        delta = mean - part.mean
+        scatter = self.scatter - part.scatter - np.outer(delta, delta) * (rest * part.n / self.n)
+        return GramState(n=rest, mean=mean, scatter=0.5 * (scatter + scatter.T), unit_sum=np.zeros(self.dim))
+
+    def gram(self, centered: bool = True) -> np.ndarray:
+        """``X^T X`` of the centred (default) or raw rows, shape (d, d), float64."""
+        if centered:
+            return self.scatter
+        return self.scatter + self.n * np.outer(self.mean, self.mean)
+
+    def merge(self, other: "GramState") -> "GramState":
+        """Statistics of the union of two disjoint row sets (exact up to rounding)."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge statistics of dimension {self.dim} and {other.dim}")
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        if n == 0:
+            mean, scatter = self.mean, self.scatter
+        else:
+            mean = self.mean + delta * (other.n / n)
+            scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
+        firsts = [f for f in (self.first_nonfinite, other.first_nonfinite) if f is not None]
+        rows = None
+        if self.rows is not None and other.rows is not None:
+            rows = np.concatenate([self.rows, other.rows])
+        sample, keys = merge_samples((self.entry_sample, self.entry_keys), (other.entry_sample, other.entry_keys),
+                                     max(self.sample_rows, other.sample_rows), self.dim)
+        fingerprints = None
+        if self.fingerprints is not None and other.fingerprints is not None:
+            fingerprints = np.union1d(self.fingerprints, other.fingerprints)
+        blocks = None
+        if self.blocks is not None and other.blocks is not None:
+            blocks = tuple(a.merge(b) for a, b in zip(self.blocks, other.blocks))
+        return GramState(
+            n=n,
+            mean=mean,
+            scatter=scatter,
+            unit_sum=self.unit_sum + other.unit_sum,
+            zero_rows=self.zero_rows + other.zero_rows,
+            nonfinite_rows=self.nonfinite_rows + other.nonfinite_rows,
+            first_nonfinite=min(firsts) if firsts else None,
+            rows=rows,
+            entry_sample=sample,
+            entry_keys=keys,
+            sample_rows=max(self.sample_rows, other.sample_rows),
+            fingerprints=fingerprints,
+            blocks=blocks,
+        )
+
+
+_SUB_ROWS = 256  # rows per cache-resident slice: 256 x 768 float64 = 1.5 MiB
+
+
+def raise_overflow(positions: np.ndarray) -> None:
+    """Refuse finite rows whose squared norm overflows float64 (entries beyond about 1e154)."""
+    rows = "1 row has" if positions.size == 1 else f"{positions.size} rows have"
+    raise BadInputError(
+        f"{rows} entries so large (about 1e154 or more) that their squares overflow float64 "
+        f"(the first at 0-based row {int(positions.min())}); rescale the embeddings"
+    )
+
+
+class RowBookkeeping:
+    """What every accumulator tracks besides sums: rows seen and rows holding NaN or Inf."""
+
+    dim: int
+    drop_nonfinite: bool
+
+    def _reset_bookkeeping(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        self._seen = 0
+        self._nonfinite = 0
+        self._first_nonfinite: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True once a non-finite row was seen and is not being dropped."""
+        return self._nonfinite > 0 and not self.drop_nonfinite
+
+    def _record_nonfinite(self, bad: np.ndarray, positions: np.ndarray) -> None:
+        """Count the rows flagged in the boolean mask ``bad`` and remember the first position."""
+        count = int(bad.sum())
+        if count:
+            first = int(positions[np.argmax(bad)])
+            self._first_nonfinite = first if self._first_nonfinite is None else min(first, self._first_nonfinite)
+            self._nonfinite += count
+
+    def _count_nonfinite(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Record the rows holding NaN or Inf; return the mask of the finite ones."""
+        finite = np.isfinite(rows).all(axis=1)
+        self._record_nonfinite(~finite, positions)
+        return finite
+
+    def _begin(self, chunk: np.ndarray, positions: np.ndarray | None) -> np.ndarray | None:
+        """Validate a chunk and give its positions; None when there is nothing to accumulate."""
+        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
+            raise ValueError(f"chunk must have shape (rows, {self.dim}), got {chunk.shape}")
+        rows = chunk.shape[0]
+        if rows == 0:
+            return None
+        if positions is None:
+            positions = np.arange(self._seen, self._seen + rows, dtype=np.int64)
+        self._seen += rows
+        if self.failed:  # counting only: the result will not be used
+            self._count_nonfinite(chunk, positions)
+            return None
+        return positions
+
+
+@dataclass
+class GramAccumulator(RowBookkeeping):
+    """Accumulates a :class:`GramState` from row chunks.
+
+    Parameters
+    ----------
+    dim : int
+        Row dimension ``d``.
+    l2 : bool
+        Scale every row to unit norm before accumulating (zero rows stay zero).
+    drop_nonfinite : bool
+        Leave out rows holding NaN or Inf (they are still counted). When False, the first such row
+        stops accumulation: only counting continues, and the caller decides what to report.
+    keep_rows : bool
+        Also keep the (widened, normalised) rows, for a direct SVD when ``n < d``.
+    sample_rows : int
+        Keep a uniform random sample of this many rows (0: none), for entry-wise noise estimates and the
+        permutation null.
+    seed : int
+        Seed of that sample and of the jackknife blocks.
+    blocks : int
+        Also keep the sums of this many jackknife blocks (0: none); a row's block is a hash of its
+        position. Memory ``blocks x d^2`` float64.
+
+    Examples
+    --------
+    >>> acc = GramAccumulator(dim=3)
+    >>> acc.update(np.eye(3, dtype=np.float32))
+    >>> state = acc.finalize()
+    >>> state.n, state.mean.tolist()
+    (3, [0.3333333333333333, 0.3333333333333333, 0.3333333333333333])
+    """
+
+    dim: int
+    l2: bool = False
+    drop_nonfinite: bool = False
+    keep_rows: bool = False
+    sample_rows: int = 0
+    seed: int = 0
+    blocks: int = 0
+    _buffer: np.ndarray = field(init=False, repr=False)
+    _gram: np.ndarray = field(init=False, repr=False)
+    _column_sum: np.ndarray = field(init=False, repr=False)
+    _shift: np.ndarray | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._reset_bookkeeping()
+        d = self.dim
+        self._buffer = np.empty((0, d), dtype=np.float64)
+        self._positions = np.empty(0, dtype=np.int64)
+        self._gram = np.zeros((d, d), dtype=np.float64)
+        self._column_sum = np.zeros(d, dtype=np.float64)
+        self._unit_sum = np.zeros(d, dtype=np.float64)
+        self._n = 0
+        self._zero_rows = 0
+        self._kept: list[np.ndarray] = []
+        self._sample = RowSample(self.sample_rows, d, self.seed)
+        self._fingerprints = RowFingerprints(d)
+        self._block_n = np.zeros(self.blocks, dtype=np.int64)
+        self._block_sum = np.zeros((self.blocks, d))
+        self._block_gram = np.zeros((self.blocks, d, d)) if self.blocks else None
+
+    def _buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._buffer.shape[0] < rows:
+            self._buffer = np.empty((rows, self.dim), dtype=np.float64)
+            self._positions = np.empty(rows, dtype=np.int64)
+        return self._buffer, self._positions
+
+    def update(self, chunk: np.ndarray, positions: np.ndarray | None = None) -> None:
+        """Add a chunk of rows, shape ``(rows, d)``, any real float dtype.
+
+        ``positions`` are the rows' global indices (default: consecutive after the rows seen so
+        far); they name the first non-finite row and seed the row sample, so results do not depend
+        on how the rows were chunked or sharded.
+        """
+        positions = self._begin(chunk, positions)
+        if positions is None:
+            return
+        rows = chunk.shape[0]
+        buffer, kept_positions = self._buffers(rows)
+        filled = 0
+        for start in range(0, rows, _SUB_ROWS):
+            stop = min(start + _SUB_ROWS, rows)
+            filled += self._prepare(chunk[start:stop], positions[start:stop], buffer, kept_positions, filled)
+            if self.failed:
+                self._count_nonfinite(chunk[stop:], positions[stop:])
+                return
+        if filled == 0:
+            return
+        block = buffer[:filled]
+        if self.keep_rows:
+            self._kept.append(block + self._shift)
+        if self.sample_rows:
+            chosen, keys = self._sample.candidates(kept_positions[:filled])
+            self._sample.add(keys, block[chosen] + self._shift)
+        if self.blocks:
+            self._add_to_blocks(block, kept_positions[:filled])
+        else:
+            self._gram += block.T @ block  # numpy dispatches A.T @ A to BLAS syrk
+        self._n += filled
+
+    def _add_to_blocks(self, block: np.ndarray, positions: np.ndarray) -> None:
+        """Add shifted rows to the sums of their jackknife blocks (the total is their sum)."""
+        from sdetool.spectral.jackknife import block_of
+
+        index = block_of(row_keys(positions, self.seed + 0x1A77), self.blocks)
+        order = np.argsort(index, kind="stable")
+        bounds = np.searchsorted(index[order], np.arange(self.blocks + 1))
+        ordered = block[order]
+        for number in range(self.blocks):
+            rows = ordered[bounds[number]:bounds[number + 1]]
+            if rows.shape[0]:
+                self._block_gram[number] += rows.T @ rows
+                self._block_sum[number] += rows.sum(axis=0)
+                self._block_n[number] += rows.shape[0]
+
+    def _prepare(self, part: np.ndarray, positions: np.ndarray, buffer: np.ndarray,
+                 kept_positions: np.ndarray, filled: int) -> int:
+        """Widen, screen, normalise and shift a cache-sized slice of rows into ``buffer[filled:]``.
+
+        Every per-row pass happens here while the slice is in cache; only the syrk reads the whole
+        block from memory again. Returns the number of rows written.
+        """
+        count = part.shape[0]
+        rows = buffer[filled : filled + count]
+        np.copyto(rows, part, casting="unsafe")
+        squares = np.einsum("ij,ij->i", rows, rows)
+        if not np.isfinite(squares).all():  # NaN/Inf somewhere, or |x| > 1e154 overflowing the square
+            finite = self._count_nonfinite(rows, positions)
+            overflow = ~np.isfinite(squares) & finite
+            if overflow.any():
+                raise_overflow(positions[overflow])
+            if self.failed:
+                return 0
+            count = int(finite.sum())
+            rows[:count] = rows[finite]
+            rows, squares, positions = rows[:count], squares[finite], positions[finite]
+        kept_positions[filled : filled + count] = positions
+        self._fingerprints.add(rows, squares)
+        norms = np.sqrt(squares)
+        nonzero = norms > 0
+        self._zero_rows += int(count - nonzero.sum())
+        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=nonzero)
+        self._unit_sum += inverse @ rows
+        if self.l2:
+            rows *= inverse[:, None]
+        if self._shift is None:
+            self._shift = rows.mean(axis=0) if count else None
+        if count:
+            rows -= self._shift
+            self._column_sum += rows.sum(axis=0)
+        return count
+
+    def finalize(self) -> GramState:
+        """The statistics of every row accumulated so far."""
+        rows = None
+        if self.keep_rows:
+            rows = np.concatenate(self._kept) if self._kept else np.empty((0, self.dim))
+        gram = self._block_gram.sum(axis=0) if self.blocks else self._gram
+        state = state_from_sums(
+            self._n, self._shift, self._column_sum, gram, self._unit_sum,
+            counts=(self._zero_rows, self._nonfinite, self._first_nonfinite),
+            sample=self._sample if self.sample_rows else None, rows=rows,
+        )
+        return replace(state, fingerprints=self._fingerprints.unique(), blocks=self._block_states())
+
+    def _block_states(self) -> tuple | None:
+        """Each jackknife block's statistics (only ``n``, ``mean`` and ``scatter`` are kept)."""
+        if not self.blocks:
+            return None
+        zeros = np.zeros(self.dim)
+        return tuple(state_from_sums(int(self._block_n[k]), self._shift, self._block_sum[k], self._block_gram[k], zeros,
+                                     counts=(0, 0, None)) for k in range(self.blocks))
+
+
+def state_from_sums(
+    n: int,
+    shift: np.ndarray | None,
+    column_sum: np.ndarray,
+    gram: np.ndarray,
+    unit_sum: np.ndarray,
+    *,
+    counts: tuple[int, int, int | None],
+    sample: RowSample | None = None,
+    rows: np.ndarray | None = None,
+    fingerprints: np.ndarray | None = None,
+) -> GramState:
+    """A :class:`GramState` from the sums over shifted rows ``y = x - shift``.
+
+    ``column_sum = sum y`` and ``gram = sum y y^T``; then ``mean = shift + column_sum / n`` and
+    ``scatter = gram - n m m^T`` with the small ``m = column_sum / n``: no cancellation.
+    ``counts`` are (zero rows, non-finite rows, first non-finite position).
+    """
+    d = column_sum.shape[0]
+    if n == 0:
+        mean, scatter = np.zeros(d), np.zeros((d, d))
+    else:
+        offset = column_sum / n
+        mean = shift + offset
+        scatter = gram - n * np.outer(offset, offset)
+        scatter = 0.5 * (scatter + scatter.T)
+    zero_rows, nonfinite, first = counts
+    return GramState(
+        n=n,
+        mean=mean,
+        scatter=scatter,
+        unit_sum=unit_sum.copy(),
+        zero_rows=zero_rows,
+        nonfinite_rows=nonfinite,
+        first_nonfinite=first,
+        rows=rows,
+        entry_sample=sample.rows.copy() if sample is not None else None,
+        entry_keys=sample.keys.copy() if sample is not None else None,
+        sample_rows=sample.capacity if sample is not None else 0,
+        fingerprints=fingerprints,
+    )
