@@ -28,6 +28,7 @@ from sdetool.extract.models import backend_status, load_model
 from sdetool.finetune.run import FinetuneOptions, FinetuneResult, finetune
 from sdetool.finetune.sde import SDEConfig
 from sdetool.io.checkpoint import incomplete_message
+from sdetool.io.export import ExportResult, export
 from sdetool.results.compare import Comparison, compare, compare_paths, compare_states
 from sdetool.results.figures import PlotOptions, plot
 from sdetool.results.reproduce import ReproduceOptions, ReproduceResult, reproduce
@@ -43,6 +44,7 @@ __all__ = [
     "Comparison",
     "CrossAnalysis",
     "ExtractOptions",
+    "ExportResult",
     "ExtractResult",
     "FinetuneOptions",
     "FinetuneResult",
@@ -58,6 +60,7 @@ __all__ = [
     "compare",
     "compare_states",
     "evaluate_checks",
+    "export",
     "extract",
     "finetune",
     "load_model",

@@ -31,7 +31,7 @@ def test_math_modules_import_no_io_ui_or_framework(module):
     assert not loaded & set(FORBIDDEN), f"{module} pulls in {sorted(loaded & set(FORBIDDEN))}"
 
 
-@pytest.mark.parametrize("command", ["analyze", "extract", "finetune", "compare", "plot", "reproduce", "models"])
+@pytest.mark.parametrize("command", ["analyze", "extract", "finetune", "compare", "plot", "reproduce", "models", "export"])
 def test_cli_help_imports_no_numerics(command):
     loaded = _loaded_after(f"from sdetool.cli import app; from typer.testing import CliRunner; CliRunner().invoke(app, ['{command}', '--help'])")
     assert not loaded & {"numpy", "scipy", "h5py", "torch", "pandas", "matplotlib", "transformers"}

@@ -17,7 +17,10 @@ from sdetool.cli.progress import progress_for
 OPTION_DETAILS = {
     "analyze": {
         "INPUT": "A store gives every set it holds (or those of --key). Several files are shards of the same sets, "
-                 "analyzed as one matrix.",
+                 "analyzed as one matrix; a folder is its files, in natural name order. NAME=PATH makes PATH (a file "
+                 "or folder of one set) the set NAME: 'image=img_emb/ text=text_emb/' reads clip-retrieval's output "
+                 "as two sets with the cross-modal section (given as plain shards, they are refused: two modalities "
+                 "would merge).",
         "--key": "Two or more sets add the cross-modal section.",
         "--csv": "Columns: key, index, singular value, band, energy share, snr.",
         "--noise-estimator": "median: the median singular value, deflated of the signal components; median-gd: the "
@@ -71,7 +74,8 @@ OPTION_DETAILS = {
 def analyze(
     inputs: List[str] = typer.Argument(
         ..., metavar="INPUT", show_default=False,
-        help="Embeddings: .h5 store, FILE.h5:/dataset, .npy, .npz, .pt, .safetensors or builtin:spiked.",
+        help="Embeddings: .h5 store, FILE.h5:/dataset, .npy, .npz, .pt, .safetensors, a folder of them, "
+             "NAME=PATH (a named set) or builtin:spiked.",
     ),
     key: Optional[List[str]] = typer.Option(
         None, "--key", "-k", metavar="NAME", help="Set to analyze (repeatable; default: all)."),

@@ -13,13 +13,14 @@ from typing import List, Optional
 import typer
 
 from sdetool.cli import analyze as cli_analyze
+from sdetool.cli import export as cli_export
 from sdetool.cli import extract as cli_extract
 from sdetool.cli import finetune as cli_finetune
 from sdetool.cli import results as cli_results
 from sdetool.cli.common import EXIT_BAD_INPUT, _print_error, app
 
 # Every module that registers commands (sdetool.cli.docs reads their OPTION_DETAILS).
-COMMAND_MODULES = (cli_analyze, cli_extract, cli_finetune, cli_results)
+COMMAND_MODULES = (cli_analyze, cli_extract, cli_finetune, cli_results, cli_export)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

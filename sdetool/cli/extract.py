@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -20,11 +20,21 @@ OPTION_DETAILS = {
         "--model": "hf:ORG/NAME or hf:/folder (CLIP, SigLIP...), st:/folder (a text encoder), open_clip:ARCH@WEIGHTS "
                    "or builtin:lit-fmnist.",
         "--images": "A captions.jsonl beside them pairs each image with a caption.",
-        "--manifest": "Image paths are relative to the manifest's folder.",
+        "--manifest": "Image paths are relative to the manifest's folder. An image column of {bytes, path} structs "
+                      "(as datasets writes its Image feature to Parquet) or of bytes works too.",
+        "--webdataset": "Brace patterns, '::'-separated lists or plain paths, as webdataset and clip-retrieval read them "
+                        "(pip install 'sdetool[webdataset]'). One sample per key: the image from jpg/jpeg/png/webp, the "
+                        "caption from txt or a json's caption; the id is the key. Images are read from the tars as "
+                        "they are embedded; a member that does not decode is a failed item. Resumable, and split "
+                        "between ranks under torchrun like any source.",
+        "--hf-dataset": "Read through datasets.load_from_disk (pip install 'sdetool[datasets]'). A DatasetDict's "
+                        "split is its subfolder (DIR/train). Images: an Image feature (bytes or path) or a column of "
+                        "paths; --image-col/--text-col/--id-col name the columns.",
         "--data": "builtin:fashion-mnist: the test split; builtin:fashion-mnist:train: the train split.",
-        "--id-col": "Default: 'id' when the manifest has it, else the row number.",
-        "--image-col": "Default: the first of image, path, file, filepath, image_path, filename that the manifest has.",
-        "--text-col": "Default: the first of text, caption, sentence, title that the manifest has.",
+        "--id-col": "Default: 'id' when the table has it, else the row number.",
+        "--image-col": "Default: (--hf-dataset) the first Image feature, else the first of image, path, file, filepath, "
+                       "image_path, filename that the table has.",
+        "--text-col": "Default: the first of text, caption, sentence, title that the table has.",
         "--precision": "Embeddings are stored as float32 unless --store-dtype float16.",
         "--num-workers": "DataLoader workers that decode and preprocess images; default: one per spare core, at "
                          "most 8; 0: in this process.",
@@ -32,6 +42,9 @@ OPTION_DETAILS = {
         "--normalize": "Default: store what the model outputs.",
         "--tokens": "Written as /<key>/tokens (n, h, w, c) float16; analyze --spatial-bands reads it.",
         "--strict": "Default: an unreadable item is recorded in /<key>/failed and the run goes on.",
+        "--allow-missing-weights": "Default: a checkpoint with missing, unexpected or mis-shaped weights is refused, "
+                                   "naming them (transformers would fill missing ones with random values). With it "
+                                   "the run goes on and the store's attributes list them (weights_not_loaded).",
     },
 }
 
@@ -46,11 +59,15 @@ def extract(
     texts: Optional[str] = typer.Option(None, "--texts", help="A UTF-8 text file, one item per line.", metavar="FILE"),
     manifest: Optional[str] = typer.Option(None, "--manifest", help="A CSV/TSV, JSONL or Parquet table of items.",
                                            metavar="FILE"),
+    hf_dataset: Optional[str] = typer.Option(None, "--hf-dataset", metavar="DIR",
+                                             help="A Hugging Face datasets save_to_disk folder."),
+    webdataset: Optional[List[str]] = typer.Option(None, "--webdataset", metavar="SHARDS",
+                                                   help="webdataset tar shards: 'shards/{00000..00009}.tar' (repeatable)."),
     data: Optional[str] = typer.Option(None, "--data", help="Built-in data (when no other source).",
                                        metavar="NAME", show_default=DEFAULT_DATA),
-    id_col: Optional[str] = typer.Option(None, "--id-col", metavar="COLUMN", help="Manifest column of item ids."),
-    image_col: Optional[str] = typer.Option(None, "--image-col", metavar="COLUMN", help="Manifest column of image paths."),
-    text_col: Optional[str] = typer.Option(None, "--text-col", metavar="COLUMN", help="Manifest column of texts."),
+    id_col: Optional[str] = typer.Option(None, "--id-col", metavar="COLUMN", help="Column of item ids."),
+    image_col: Optional[str] = typer.Option(None, "--image-col", metavar="COLUMN", help="Column of images."),
+    text_col: Optional[str] = typer.Option(None, "--text-col", metavar="COLUMN", help="Column of texts."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="Compute precision (autocast)."),
     store_dtype: StoreDtype = typer.Option(StoreDtype.float32, "--store-dtype", help="Precision of the stored embeddings."),
@@ -62,6 +79,8 @@ def extract(
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable item."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output of another model or data."),
     chunk_items: int = typer.Option(2048, "--chunk-items", help="Items per resumable chunk.", min=1),
+    allow_missing_weights: bool = typer.Option(False, "--allow-missing-weights",
+                                               help="Load a checkpoint that lacks weights of the model."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON here ('-': stdout).",
                                             metavar="PATH"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary table."),
@@ -75,9 +94,10 @@ def extract(
     api.check_output_path(json_path, "--json")
     options = ExtractOptions(device=device, precision=precision.value, batch_size=batch_size, num_workers=num_workers,
                              normalize=normalize, store_dtype=store_dtype.value, tokens=tokens, strict=strict,
-                             overwrite=overwrite, chunk_items=chunk_items)
+                             overwrite=overwrite, chunk_items=chunk_items, allow_missing_weights=allow_missing_weights)
     options.validate()
-    source = open_source(images=images, texts=texts, manifest_path=manifest, data=data, columns=(id_col, image_col, text_col))
+    source = open_source(images=images, texts=texts, manifest_path=manifest, data=data, columns=(id_col, image_col, text_col),
+                         hf_dataset_path=hf_dataset, webdataset=webdataset or None)
     world = current_world()
     console_err = stderr_console()
     progress = progress_for(console_err, quiet, "items", main=world.is_main)

@@ -7,7 +7,7 @@ commands (parse -> one library call -> render; errors -> exit codes in :func:`sd
 from __future__ import annotations
 
 from enum import Enum
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -16,6 +16,11 @@ from sdetool.cli.common import (DEFAULT_DATA, DEFAULT_MODEL, NoiseEstimator, Nul
                                 handles_errors, stderr_console)
 from sdetool.cli.help import HelpCommand
 from sdetool.cli.progress import progress_for
+
+
+class ReportTo(str, Enum):
+    none = "none"
+    tensorboard = "tensorboard"
 
 
 class Loss(str, Enum):
@@ -56,6 +61,9 @@ DATA_PANEL, TRAINING_PANEL, SDE_PANEL = "Model and data", "Training", "SDE metho
 OPTION_DETAILS = {
     "finetune": {
         "--out": "It holds config.json, the checkpoint, metrics.jsonl and eval.json.",
+        "--report-to": "tensorboard: the metrics.jsonl numbers as TensorBoard scalars in OUT/tensorboard/, as they are "
+                       "logged (pip install 'sdetool[tensorboard]'; tensorboard --logdir OUT).",
+        "--webdataset": "As for extract: brace patterns or lists of tars; one pair per key (image and txt/json caption).",
         "--loss": "sde: spectral enhancement and the dual-domain loss; infonce: the baseline, everything else "
                   "identical (data order, seed, steps, optimizer, schedule).",
         "--target": "model: the dual encoder itself; head: a linear or MLP head per modality, trained on cached "
@@ -116,6 +124,10 @@ def finetune(
                                          metavar="FOLDER", rich_help_panel=DATA_PANEL),
     manifest: Optional[str] = typer.Option(None, "--manifest", help="A table of image-text pairs (CSV, JSONL...).",
                                            metavar="FILE", rich_help_panel=DATA_PANEL),
+    webdataset: Optional[List[str]] = typer.Option(None, "--webdataset", metavar="SHARDS", rich_help_panel=DATA_PANEL,
+                                                   help="webdataset tar shards of pairs (brace patterns)."),
+    hf_dataset: Optional[str] = typer.Option(None, "--hf-dataset", metavar="DIR", rich_help_panel=DATA_PANEL,
+                                             help="A Hugging Face datasets save_to_disk folder of pairs."),
     data: Optional[str] = typer.Option(None, "--data", help="Built-in pairs.", metavar="NAME",
                                        show_default=DEFAULT_DATA, rich_help_panel=DATA_PANEL),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps.", min=1, rich_help_panel=TRAINING_PANEL),
@@ -146,6 +158,8 @@ def finetune(
                                            rich_help_panel=TRAINING_PANEL),
     log_every: int = typer.Option(10, "--log-every", help="Steps between metrics records.", min=1,
                                   rich_help_panel=TRAINING_PANEL),
+    report_to: ReportTo = typer.Option(ReportTo.none, "--report-to", help="Also write the metrics for a tracker.",
+                                       rich_help_panel=TRAINING_PANEL),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints.", min=1,
                                          rich_help_panel=TRAINING_PANEL),
     enhance: bool = typer.Option(True, "--enhance/--no-enhance", rich_help_panel=SDE_PANEL, help="Spectral enhancement."),
@@ -197,13 +211,16 @@ def finetune(
                               positives=positives.value, eval_fraction=eval_fraction, eval_limit=eval_limit,
                               train_blocks=train_blocks, freeze_text=freeze_text, head=head.value, head_dim=head_dim,
                               sde=method, device=device, log_every=log_every, checkpoint_every=checkpoint_every,
-                              export_embeddings=export_embeddings, resume=resume, overwrite=overwrite)
+                              export_embeddings=export_embeddings, resume=resume, overwrite=overwrite,
+                              report_to=report_to.value)
     options.validate()
-    if target == TargetKind.head and (images or manifest or data):
-        fail("--target head trains on cached pairs (--embeddings); --images, --manifest and --data are for --target model")
+    if target == TargetKind.head and (images or manifest or webdataset or hf_dataset or data):
+        fail("--target head trains on cached pairs (--embeddings); --images, --manifest, --webdataset, --hf-dataset "
+             "and --data are for --target model")
     source = None  # the built-in pairs: the train split trains, the test split is held out
-    if images or manifest or (data and data != DEFAULT_DATA):
-        source = open_source(images=images, manifest_path=manifest, data=data)
+    if images or manifest or webdataset or hf_dataset or (data and data != DEFAULT_DATA):
+        source = open_source(images=images, manifest_path=manifest, data=data, webdataset=webdataset or None,
+                             hf_dataset_path=hf_dataset)
     world = current_world()
     console_err = stderr_console()
     progress = progress_for(console_err, quiet, "steps", main=world.is_main)

@@ -47,7 +47,8 @@ OPTION_DETAILS = {
                 "loss and batch band shares over the steps; tokens: the spatial-frequency band energy of token grids "
                 "per model (the Prism figure).",
         "INPUT": "Analysis reports, stores (analyzed here), fine-tuning runs (folder or eval.json; for training: "
-                 "metrics.jsonl) or, for bands, comparisons (compare --json).",
+                 "metrics.jsonl) or, for bands, comparisons (compare --json). Embedding files may be named "
+                 "(NAME=PATH, as for analyze).",
         "--label": "Default: from the file names.",
         "--title": "Default: what the figure shows.",
         "--drop-nonfinite": "Of the inputs analyzed here.",

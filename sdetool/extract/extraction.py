@@ -42,6 +42,7 @@ class ExtractOptions:
     strict: bool = False
     overwrite: bool = False
     chunk_items: int = 2048
+    allow_missing_weights: bool = False  # load a checkpoint that lacks weights of the model (recorded)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -362,6 +363,10 @@ def _write_store(out: str, folder: WorkFolder, source: ItemSource, keys: list[st
             for key in keys:
                 if len(ids):
                     targets[key].append(chunk.embeddings[key], ids)
+                    for name, values in ((store.CAPTIONS, source.texts), (store.PATHS, source.image_paths)):
+                        if values is not None:  # what each row was made from, for exports (clip-retrieval metadata)
+                            targets[key].append_strings(name, ["" if values[int(i)] is None else values[int(i)]
+                                                               for i in chunk.rows])
             if chunk.tokens is not None and len(ids):
                 targets["image"].append_tokens(chunk.tokens)
         for key in keys:
@@ -427,7 +432,7 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     started = time.perf_counter()
     world = current_world()
     device = resolve_torch_device(options.device, int(os.environ.get("LOCAL_RANK", "0") or 0))
-    encoder = load_model(model)
+    encoder = load_model(model, allow_missing_weights=options.allow_missing_weights)
     keys, notes = _modalities(encoder, source, options.tokens)
     config = run_config(encoder, source, keys, options)
     folder = WorkFolder(out)

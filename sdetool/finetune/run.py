@@ -20,6 +20,7 @@ import numpy as np
 from sdetool import __version__
 from sdetool.errors import BadInputError, TrainingInterrupted
 from sdetool.finetune.pairs import POSITIVES, PairData
+from sdetool.finetune.reporting import REPORT_TO, TensorBoardReport, check_tensorboard
 from sdetool.finetune.runfolder import EVAL, SCHEMA, WEIGHTS, RunFolder, exported_store
 from sdetool.finetune.sde import SDEConfig
 from sdetool.finetune.trainloop import PRECISIONS, TrainingLoop, batch_rows, learning_rate_factor
@@ -58,6 +59,7 @@ class FinetuneOptions:
     export_embeddings: bool = False
     resume: bool = False
     overwrite: bool = False
+    report_to: str = "none"  # "tensorboard": the metrics.jsonl numbers also as TensorBoard scalars (OUT/tensorboard/)
 
     def validate(self) -> None:
         from sdetool.finetune.targets import TARGETS
@@ -76,7 +78,8 @@ class FinetuneOptions:
                   (self.head_dim is None or self.head_dim >= 1, f"--head-dim must be >= 1, got {self.head_dim}"),
                   (self.train_blocks >= 0, "--train-blocks must be >= 0"),
                   (self.eval_limit is None or self.eval_limit >= 2, "--eval-limit must be >= 2"),
-                  (self.log_every >= 1 and self.checkpoint_every >= 1, "--log-every and --checkpoint-every must be >= 1")]
+                  (self.log_every >= 1 and self.checkpoint_every >= 1, "--log-every and --checkpoint-every must be >= 1"),
+                  (self.report_to in REPORT_TO, f"--report-to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")]
         for ok, message in checks:
             if not ok:
                 raise BadInputError(message)
@@ -282,7 +285,11 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
     data.train.groups(options.positives)  # refuse an impossible --positives before anything is written
     config = run_config(model, embeddings, data, options, world.size)
     folder = RunFolder(out)
+    if options.report_to == "tensorboard":
+        check_tensorboard()  # before anything is written
     saved = on_main(world, lambda: folder.prepare(config, options.resume, options.overwrite))
+    if options.report_to == "tensorboard" and world.is_main:
+        folder.reporters.append(TensorBoardReport(folder.path))
     if saved is not None and saved.get("finished"):
         return FinetuneResult(out, "already complete", options.steps, options.steps, folder.read_json(EVAL), 0.0, 0.0,
                               device, data.notes + ["nothing to do: the run is complete"])

@@ -8,7 +8,11 @@ Supported inputs (one or several files; several files are shards of the same set
 - ``.pt`` / ``.pth`` holding a tensor (key ``embeddings``) or a dict of 2-D tensors, loaded with
   ``torch.load(weights_only=True)`` only: arbitrary pickled objects are refused;
 - ``.safetensors`` (one set per 2-D tensor, key: its name), read lazily;
-- ``builtin:NAME``: built-in example matrices (:mod:`sdetool.spectral.synthetic`).
+- ``builtin:NAME``: built-in example matrices (:mod:`sdetool.spectral.synthetic`);
+- a folder: its embedding files, in natural name order (``img_emb_2`` before ``img_emb_10``), as shards;
+- ``NAME=PATH`` (PATH a file, a ``file.h5:/dataset`` or a folder): a set named NAME. Several named inputs
+  give several sets (``image=img_emb/ text=text_emb/``: clip-retrieval's output, with the cross-modal
+  section); each named input must hold one set. Plain and named inputs do not mix.
 
 Every matrix offers ``reader()``, a context manager yielding ``read(start, stop)``. Blocks are read
 in a background thread so that reading the next block overlaps the BLAS work on the current one.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -248,6 +253,83 @@ def _validate(matrix) -> None:
         raise BadInputError(f"{matrix.label}: has d = 0 columns; expected at least 1 dimension")
 
 
+NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]*)=(.+)$")
+# clip-retrieval names its two modalities' shards so; given together as plain shards they would be merged
+_MODALITY_SHARDS = re.compile(r"^(img|image|text)_emb_\d+\.npy$")
+
+
+def named_spec(spec: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` -> (NAME, PATH); anything else (an existing path with an ``=`` in it too) -> (None, spec)."""
+    match = NAMED.match(spec)
+    if match and not os.path.exists(spec):
+        return match.group(1), match.group(2)
+    return None, spec
+
+
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def folder_shards(folder: str) -> list[str]:
+    """The embedding files of a folder, in natural name order; a folder with none is bad input."""
+    names = sorted((name for name in os.listdir(folder)
+                    if name.lower().endswith(SUFFIXES) and os.path.isfile(os.path.join(folder, name))), key=_natural)
+    if not names:
+        raise BadInputError(f"{folder}: is a folder with no embedding files; expected {', '.join(SUFFIXES)} files "
+                            "(the shards of one set, in name order)")
+    return [os.path.join(folder, name) for name in names]
+
+
+def _files(spec: str) -> list[str]:
+    """A spec as file specs: a folder (not an extraction's work folder) as its shards."""
+    path, _ = split_spec(spec)
+    if os.path.isdir(path) and not path.startswith("builtin:"):
+        from sdetool.io.checkpoint import incomplete_message
+
+        if not incomplete_message(path):
+            return folder_shards(path)
+    return [spec]
+
+
+def _check_modalities(files: list[str]) -> None:
+    kinds = {match.group(1).replace("image", "img") for match in
+             (_MODALITY_SHARDS.match(os.path.basename(split_spec(f)[0])) for f in files) if match}
+    if len(kinds) > 1:
+        raise BadInputError(f"{', '.join(files[:2])}{', ...' if len(files) > 2 else ''}: image and text embedding "
+                            "shards (clip-retrieval's img_emb/text_emb) given as shards of one set would merge two "
+                            "modalities; name them instead: image=img_emb/ text=text_emb/")
+
+
+def _open_named(specs: Sequence[str], keys: Sequence[str] | None) -> dict[str, list]:
+    names = [named_spec(spec)[0] for spec in specs]
+    if None in names:
+        plain = specs[names.index(None)]
+        raise BadInputError(f"{plain}: plain and NAME=PATH inputs do not mix; name every input (image=... text=...) "
+                            "or none")
+    result: dict[str, list] = {}
+    for spec in specs:
+        name, path = named_spec(spec)
+        for file_spec in _files(path):
+            matrices = open_spec(file_spec)
+            sets = [key for key, matrix in matrices.items() if len(matrix.shape) == 2] or list(matrices)
+            if len(sets) != 1:
+                raise BadInputError(f"{name}={path}: {file_spec} holds {len(sets)} sets ({', '.join(sets)}); a named "
+                                    "input is one set: pick one with FILE.h5:/KEY/embeddings or FILE.npz of one array")
+            shard = matrices[sets[0]]
+            _validate(shard)
+            shards = result.setdefault(name, [])
+            if shards and shard.shape[1] != shards[0].shape[1]:
+                raise BadInputError(f"{file_spec}: set {name!r} has d = {shard.shape[1]} but {shards[0].label} has "
+                                    f"d = {shards[0].shape[1]}")
+            shards.append(shard)
+    if keys:
+        missing = [key for key in keys if key not in result]
+        if missing:
+            raise UnknownKeyError(f"--key {missing[0]}: no input named so; named inputs: {', '.join(result)}")
+        result = {key: result[key] for key in dict.fromkeys(keys)}
+    return result
+
+
 def open_inputs(specs: Sequence[str], keys: Sequence[str] | None = None) -> dict[str, list]:
     """Resolve input specs to ``{key: [shard, ...]}``; several specs are shards of the same sets.
 
@@ -267,7 +349,11 @@ def open_inputs(specs: Sequence[str], keys: Sequence[str] | None = None) -> dict
     """
     if not specs:
         raise BadInputError("no input given; expected at least one embeddings file")
-    opened = [(spec, open_spec(spec)) for spec in specs]
+    if any(named_spec(spec)[0] for spec in specs):
+        return _open_named(specs, keys)
+    files = [file_spec for spec in specs for file_spec in _files(spec)]
+    _check_modalities(files)
+    opened = [(spec, open_spec(spec)) for spec in files]
     first_spec, first = opened[0]
     # By default every 2-D array is a set; side arrays (labels, biases) of .npz/.pt/.safetensors
     # files are skipped. A file with none falls through to validation, which says what is wrong.

@@ -32,6 +32,8 @@ EMBEDDINGS = "embeddings"
 IDS = "ids"
 TOKENS = "tokens"
 FAILED = "failed"
+CAPTIONS = "captions"  # the text of each row's item (extract, when the items have texts)
+PATHS = "paths"  # the image file of each row's item (extract, when the items are files)
 STORE_DTYPES = ("float32", "float16")
 _TARGET_CHUNK_BYTES = 1 << 20  # 1 MiB HDF5 chunks: large enough for throughput, small for appends
 
@@ -237,10 +239,15 @@ def read_failed(path: str, key: str) -> list[tuple[str, str]]:
 
 def read_ids(path: str, key: str) -> list[str] | None:
     """The ``ids`` of a set, or None when the set has none."""
+    return read_strings(path, key, IDS)
+
+
+def read_strings(path: str, key: str, name: str) -> list[str] | None:
+    """A per-row string column of a set (``ids``, ``captions``, ``paths``), or None when the set has none."""
     handle = open_file(path)
     try:
-        ids = handle.get(f"{key}/{IDS}")
-        return None if ids is None else [_decode(x) for x in ids[()]]
+        values = handle.get(f"{key}/{name}")
+        return None if values is None else [_decode(x) for x in values[()]]
     finally:
         handle.close()
 
@@ -288,6 +295,16 @@ class SetWriter:
                 raise ValueError(f"need {embeddings.shape[0]} ids for this block, got {0 if ids is None else len(ids)}")
             self._ids.resize(stop, axis=0)
             self._ids[start:stop] = list(ids)
+
+    def append_strings(self, name: str, values: list[str]) -> None:
+        """Append one per-row string column (``captions``, ``paths``) for a block of rows."""
+        column = self._group.get(name)
+        if column is None:
+            column = self._group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                                                chunks=(1024,))
+        start = column.shape[0]
+        column.resize(start + len(values), axis=0)
+        column[start:] = [str(value) for value in values]
 
     def append_tokens(self, tokens: np.ndarray) -> None:
         """Append the patch-token grids of a block of rows, shape ``(rows, h, w, c)``, stored float16."""

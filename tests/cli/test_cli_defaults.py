@@ -33,6 +33,7 @@ ENTRY_POINTS = {
     "compare": ("sdetool.api", "compare"),
     "plot": ("sdetool.api", "plot"),
     "reproduce": ("sdetool.api", "reproduce"),
+    "export": ("sdetool.api", "export"),
 }
 BASE_ARGUMENTS = {
     "analyze": ["builtin:spiked"],
@@ -42,6 +43,7 @@ BASE_ARGUMENTS = {
     "compare": ["before.json", "after.json"],
     "plot": ["spectrum", "report.json", "--out", "figure.png"],
     "reproduce": ["--out", "results"],
+    "export": ["store.h5", "--out", "folder"],
 }
 ROOT = typer.main.get_command(app)
 COMMANDS = dict(sorted(ROOT.commands.items()))

@@ -204,8 +204,8 @@ def test_repeated_texts_are_embedded_once(tmp_path, monkeypatch, fashion):
     seen: list[str] = []
     real_load = sdetool.extract.models.load_model
 
-    def counting_load(spec):
-        encoder = real_load(spec)
+    def counting_load(spec, **options):
+        encoder = real_load(spec, **options)
         original = encoder.encode_texts
         encoder.encode_texts = lambda texts: (seen.extend(texts), original(texts))[1]
         return encoder

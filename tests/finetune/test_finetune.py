@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -375,12 +376,13 @@ def test_ctrl_c_saves_a_resumable_checkpoint(pairs, uninterrupted, tmp_path):
 # The CLI as `python -m sdetool`, except that the evaluation before or after training (argv[1]) first
 # waits a minute: a signal then lands inside that evaluation whatever the machine's speed.
 _PAUSED_EVALUATION_CLI = """
-import runpy, sys, time
+import os, runpy, sys, time
 import sdetool.finetune.run as finetune
 paused_label = sys.argv.pop(1)
 evaluate = finetune.evaluate
 def paused(target, data, export, label, *args):
     if label == paused_label:
+        open(os.environ["SDETOOL_TEST_PAUSED"], "w").close()  # the test signals once this exists
         time.sleep(60)
     return evaluate(target, data, export, label, *args)
 finetune.evaluate = paused
@@ -390,21 +392,25 @@ runpy.run_module("sdetool", run_name="__main__", alter_sys=True)
 
 def _signal_during_evaluation(label, args, ready, signum):
     """Run the CLI with its ``label`` evaluation paused, send ``signum`` once ``ready()``; returns (code, stderr)."""
+    marker = os.path.join(tempfile.mkdtemp(prefix="sdetool-paused-"), "paused")  # made by the child as it pauses
     process = subprocess.Popen([sys.executable, "-c", _PAUSED_EVALUATION_CLI, label, "finetune", *map(str, args)],
-                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               env={**_env(), "SDETOOL_TEST_PAUSED": marker}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not ready():
+        while not (ready() and os.path.exists(marker)):  # inside the pause: no race with a loaded machine
             assert process.poll() is None, f"exited early ({process.returncode}): {process.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "not ready within 120 s"
             time.sleep(0.02)
-        time.sleep(0.2)  # into the paused evaluation
+        time.sleep(0.2)  # into the sleep itself
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=30)
+        if os.path.exists(marker):
+            os.remove(marker)
     return process.returncode, stderr
 
 

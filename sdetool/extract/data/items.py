@@ -9,6 +9,7 @@ records instead of stopping.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ class ItemSource:
         Where the bytes were read from when that is not ``location`` (provenance only).
     notes : list of str
         What was skipped while listing (non-image files, blank lines).
+    image_data : sequence, optional
+        Per item an image held as data rather than a file of its own: a ``{"bytes", "path"}`` struct (Hugging
+        Face ``datasets``' Image feature, Parquet), raw bytes or a path; may be lazy (a dataset's column).
+    data_fingerprint : str
+        What identifies ``image_data`` (a dataset's own fingerprint, or a digest of the cells).
     """
 
     kind: str
@@ -69,6 +75,8 @@ class ItemSource:
     template: str = ""
     origin: str = ""
     notes: list[str] = field(default_factory=list)
+    image_data: object = None
+    data_fingerprint: str = ""
 
     def __post_init__(self) -> None:
         if not self.ids:
@@ -93,11 +101,11 @@ class ItemSource:
 
         return dataclasses.replace(self, location=f"{self.location} ({why})", ids=pick(self.ids),
                                    image_paths=pick(self.image_paths), pixels=pick(self.pixels), texts=pick(self.texts),
-                                   labels=pick(self.labels), notes=list(self.notes))
+                                   labels=pick(self.labels), notes=list(self.notes), image_data=pick(self.image_data))
 
     @property
     def has_images(self) -> bool:
-        return self.image_paths is not None or self.pixels is not None
+        return self.image_paths is not None or self.pixels is not None or self.image_data is not None
 
     @property
     def has_texts(self) -> bool:
@@ -117,21 +125,28 @@ class ItemSource:
 
         if self.pixels is not None:
             return Image.fromarray(self.pixels[index], mode="L") if self.pixels.ndim == 3 else Image.fromarray(self.pixels[index])
-        path = self.image_paths[index]
-        if not path:
-            raise ItemError("no image: the manifest's image cell is empty")
+        if self.image_data is not None:
+            data, path = image_cell(self.image_data[index])
+            if data is None and not path:
+                raise ItemError("no image: the struct has neither bytes nor a path")
+        else:
+            data, path = None, self.image_paths[index]
+            if not path:
+                raise ItemError("no image: the manifest's image cell is empty")
         try:
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data) if data is not None else path)
             if draft is not None and image.format == "JPEG":
                 image.draft(*draft)
             image.load()  # decode now: a truncated file fails here, not later in a worker's transform
             return image
         except FileNotFoundError:
-            raise ItemError(f"missing file {path}") from None
+            raise ItemError(f"missing file {path} (and no image bytes)" if self.image_data is not None
+                            else f"missing file {path}") from None
         except UnidentifiedImageError:
-            raise ItemError(f"not an image: {path}") from None
+            raise ItemError(f"not an image: {path or 'the image bytes'}") from None
         except (OSError, ValueError, SyntaxError) as error:
-            raise ItemError(f"corrupt image {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ItemError(f"corrupt image {path or '(bytes)'}: {reason}") from None
 
     def fingerprint(self) -> str:
         """SHA-256 over the item list (ids, image references, texts): what the data *is*, not its bytes."""
@@ -144,6 +159,8 @@ class ItemSource:
                 digest.update((self.texts[index] if self.texts[index] is not None else "\x00missing").encode("utf-8", "surrogatepass") + b"\0")
         if self.pixels is not None:
             digest.update(hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes()).digest())
+        if self.image_data is not None:
+            digest.update(self.data_fingerprint.encode())
         return "sha256:" + digest.hexdigest()
 
     def describe(self) -> str:
@@ -249,12 +266,215 @@ def manifest(path: str, id_column: str | None = None, image_column: str | None =
     ids = [str(v) if _present(v) else f"row-{i}" for i, v in enumerate(frame[id_column])] if id_column \
         else [f"row-{i}" for i in range(len(frame))]
     folder = os.path.dirname(os.path.abspath(path))
-    image_paths = None
+    image_paths = image_data = None
+    fingerprint = ""
     if image_column:
-        image_paths = [os.path.join(folder, str(v)) if _present(v) else "" for v in frame[image_column]]
+        values = list(frame[image_column])
+        structs = _struct_cells(values, folder)
+        if structs is not None:  # {"bytes", "path"} structs (datasets' Image feature written to Parquet), or bytes
+            image_data, image_paths, fingerprint = structs
+        else:
+            image_paths = [os.path.join(folder, str(v)) if _present(v) else "" for v in values]
     texts = [str(v) if _present(v) else None for v in frame[text_column]] if text_column else None
     return ItemSource(kind="manifest", location=path, ids=ids, image_paths=image_paths, texts=texts,
+                      template=f"column {text_column}" if text_column else "", image_data=image_data,
+                      data_fingerprint=fingerprint)
+
+
+WEBDATASET_IMAGES = ("jpg", "jpeg", "png", "webp")
+
+
+class TarMembers:
+    """Images inside tar shards, read on demand: item ``i`` -> the bytes of its member (picklable: workers
+    reopen the shard)."""
+
+    def __init__(self, members: list[tuple[str, int, int] | None]) -> None:
+        self.members = members  # (shard, data offset, size) per item, None when the sample has no image
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, index):
+        member = self.members[int(index)]
+        if member is None:
+            raise ItemError("no image: the sample has no jpg, jpeg, png or webp member")
+        shard, offset, size = member
+        with open(shard, "rb") as handle:
+            handle.seek(offset)
+            return {"bytes": handle.read(size), "path": f"{shard}#{offset}"}
+
+
+def expand_shards(patterns: list[str]) -> list[str]:
+    """Shard paths from brace patterns (``shards/{00000..00009}.tar``), ``::``-separated lists and plain paths,
+    expanded by ``braceexpand`` as webdataset expands them."""
+    from braceexpand import braceexpand
+
+    shards = []
+    for pattern in patterns:
+        for part in str(pattern).split("::"):
+            if part.strip():
+                shards.extend(braceexpand(part.strip()))
+    return shards
+
+
+def webdataset_shards(patterns: list[str]) -> ItemSource:
+    """Items of webdataset tar shards: one sample per key (webdataset's own key rule: the member name up to
+    the first dot of its base name), the image from jpg/jpeg/png/webp, the caption from txt or a json's
+    ``caption``; the id is the key. The listing reads the tar headers only; images are read when embedded."""
+    import tarfile
+
+    try:
+        from webdataset.tariterators import base_plus_ext
+    except ImportError:
+        raise BadInputError("--webdataset: reading tar shards needs the webdataset package "
+                            "(pip install 'sdetool[webdataset]')") from None
+    shards = expand_shards(patterns)
+    if not shards:
+        raise BadInputError(f"--webdataset {' '.join(patterns)}: names no shards")
+    samples: dict[str, dict] = {}
+    notes = []
+    for shard in shards:
+        if not os.path.isfile(shard):
+            raise BadInputError(f"--webdataset {shard}: no such file")
+        try:
+            with tarfile.open(shard, "r:") as archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    key, extension = base_plus_ext(member.name)
+                    if key is None:
+                        notes.append(f"{shard}: {member.name} has no extension; skipped")
+                        continue
+                    sample = samples.setdefault(key, {"shard": shard})
+                    extension = extension.lower()
+                    if extension in WEBDATASET_IMAGES and "image" not in sample:
+                        sample["image"] = (shard, member.offset_data, member.size)
+                    elif extension in ("txt", "json"):
+                        handle = archive.extractfile(member)
+                        sample[extension] = handle.read() if handle is not None else b""
+        except (tarfile.TarError, OSError) as error:
+            raise BadInputError(f"--webdataset {shard}: not a tar file "
+                                f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    if not samples:
+        raise BadInputError(f"--webdataset {' '.join(patterns)}: the shards hold no samples")
+    ids = list(samples)
+    members = [samples[key].get("image") for key in ids]
+    texts = [_sample_caption(samples[key]) for key in ids]
+    has_images = any(member is not None for member in members)
+    has_texts = any(text is not None for text in texts)
+    digest = hashlib.sha256()
+    for shard in shards:
+        status = os.stat(shard)
+        digest.update(f"{os.path.abspath(shard)}:{status.st_size}:{status.st_mtime_ns}".encode())
+    return ItemSource(kind="webdataset", location=" ".join(patterns), ids=ids, texts=texts if has_texts else None,
+                      image_data=TarMembers(members) if has_images else None, notes=notes,
+                      data_fingerprint="sha256:" + digest.hexdigest(), template="txt / json caption")
+
+
+def _sample_caption(sample: dict) -> str | None:
+    if "txt" in sample:
+        return sample["txt"].decode("utf-8", "replace").strip() or None
+    if "json" in sample:
+        try:
+            caption = json.loads(sample["json"]).get("caption")
+        except (ValueError, AttributeError):
+            return None
+        return str(caption) if caption else None
+    return None
+
+
+class DatasetImages:
+    """A ``datasets.Dataset``'s image column, read lazily: row ``i`` -> ``{"bytes", "path"}`` (not decoded)."""
+
+    def __init__(self, dataset, column: str) -> None:
+        from datasets import Image
+
+        if isinstance(dataset.features[column], Image):
+            dataset = dataset.cast_column(column, Image(decode=False))
+        self.dataset = dataset.select_columns([column])
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[int(index)][self.column]
+
+
+def hf_dataset(path: str, id_column: str | None = None, image_column: str | None = None,
+               text_column: str | None = None) -> ItemSource:
+    """Items of a ``datasets`` ``save_to_disk`` folder (one split; a DatasetDict's split is its subfolder),
+    read through ``datasets.load_from_disk``. Images come from an Image feature (bytes or path) or a column of
+    paths; without explicit columns the first Image feature and ``text``/``caption``... are used."""
+    try:
+        import datasets
+    except ImportError:
+        raise BadInputError(f"--hf-dataset {path}: reading Hugging Face datasets needs the datasets package "
+                            "(pip install 'sdetool[datasets]')") from None
+    if not os.path.isdir(path):
+        raise BadInputError(f"--hf-dataset {path}: no such folder")
+    try:
+        dataset = datasets.load_from_disk(path)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise BadInputError(f"--hf-dataset {path}: not a datasets save_to_disk folder "
+                            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        splits = list(dataset)
+        if len(splits) != 1:
+            raise BadInputError(f"--hf-dataset {path}: holds the splits {', '.join(splits)}; give one as "
+                                f"{os.path.join(path, splits[0])}")
+        dataset = dataset[splits[0]]
+    columns = list(dataset.column_names)
+
+    def pick(given: str | None, candidates: tuple[str, ...], option: str) -> str | None:
+        if given is not None:
+            if given not in columns:
+                raise BadInputError(f"{option} {given!r}: no such column in {path} (columns: {', '.join(columns)})")
+            return given
+        return next((c for c in candidates if c in columns), None)
+
+    features = dataset.features
+    image_features = tuple(c for c in columns if isinstance(features[c], datasets.Image))
+    image_column = pick(image_column, image_features + IMAGE_COLUMNS, "--image-col")
+    text_column = pick(text_column, TEXT_COLUMNS, "--text-col")
+    id_column = pick(id_column, ("id",), "--id-col")
+    if image_column is None and text_column is None:
+        raise BadInputError(f"--hf-dataset {path}: no image or text column found (columns: {', '.join(columns)}); "
+                            "name them with --image-col / --text-col")
+    ids = ([str(v) if _present(v) else f"row-{i}" for i, v in enumerate(dataset[id_column])] if id_column
+           else [f"row-{i}" for i in range(len(dataset))])
+    texts = [str(v) if _present(v) else None for v in dataset[text_column]] if text_column else None
+    image_data = DatasetImages(dataset, image_column) if image_column else None
+    return ItemSource(kind="hf-dataset", location=os.path.abspath(path), ids=ids, texts=texts, image_data=image_data,
+                      data_fingerprint=f"datasets:{dataset._fingerprint}:{image_column}",
                       template=f"column {text_column}" if text_column else "")
+
+
+def image_cell(cell) -> tuple[bytes | None, str]:
+    """An image cell as ``(bytes or None, path or "")``: a ``{"bytes", "path"}`` struct (datasets' Image
+    feature, Parquet), raw bytes, or a path."""
+    if isinstance(cell, dict):
+        data, path = cell.get("bytes"), cell.get("path")
+        return (bytes(data) if data is not None and len(data) else None), (str(path) if path else "")
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        return bytes(cell), ""
+    return None, (str(cell) if cell is not None and _present(cell) else "")
+
+
+def _struct_cells(values, folder: str) -> tuple[list, list[str], str] | None:
+    """When a manifest's image column holds structs or bytes: the cells (relative paths resolved against the
+    manifest's folder), their paths, and a digest of them; None for a column of plain paths."""
+    if not any(isinstance(v, (dict, bytes, bytearray)) for v in values):
+        return None
+    cells, paths, digest = [], [], hashlib.sha256()
+    for value in values:
+        data, path = image_cell(value)
+        if path and not os.path.isabs(path):
+            path = os.path.join(folder, path)
+        cells.append({"bytes": data, "path": path})
+        paths.append(path)
+        digest.update(hashlib.sha256(data).digest() if data is not None else path.encode("utf-8", "surrogatepass"))
+    return cells, paths, "sha256:" + digest.hexdigest()
 
 
 def _present(value) -> bool:
@@ -301,9 +521,12 @@ def builtin_data(name: str) -> ItemSource:
 
 
 def open_source(images: str | None = None, texts: str | None = None, manifest_path: str | None = None,
-                data: str | None = None, columns: tuple[str | None, str | None, str | None] = (None, None, None)) -> ItemSource:
-    """The one source the options name (``--images``, ``--texts``, ``--manifest`` or ``--data``; default built-in)."""
+                data: str | None = None, columns: tuple[str | None, str | None, str | None] = (None, None, None),
+                hf_dataset_path: str | None = None, webdataset: list[str] | None = None) -> ItemSource:
+    """The one source the options name (``--images``, ``--texts``, ``--manifest``, ``--hf-dataset`` or ``--data``;
+    default built-in)."""
     given = [name for name, value in (("--images", images), ("--texts", texts), ("--manifest", manifest_path),
+                                      ("--hf-dataset", hf_dataset_path), ("--webdataset", webdataset),
                                       ("--data", data)) if value]
     if len(given) > 1:
         raise BadInputError(f"{' and '.join(given)}: give one data source")
@@ -313,6 +536,10 @@ def open_source(images: str | None = None, texts: str | None = None, manifest_pa
         return text_file(texts)
     if manifest_path:
         return manifest(manifest_path, *columns)
+    if hf_dataset_path:
+        return hf_dataset(hf_dataset_path, *columns)
+    if webdataset:
+        return webdataset_shards(list(webdataset))
     data = data or DEFAULT_DATA
     if not data.startswith("builtin:"):
         raise BadInputError(f"--data {data!r}: expected builtin:NAME; for files use --images, --texts or --manifest")

@@ -15,6 +15,7 @@ A model spec is ``BACKEND:NAME``:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sdetool.errors import UnknownModelError
@@ -66,10 +67,19 @@ def parse_spec(spec: str) -> ModelSpec:
     return ModelSpec(backend, name if at else rest, revision or None)
 
 
-def load_model(spec: str):
-    """Load the model a spec names, on the CPU, in eval mode (an :class:`~sdetool.extract.models.base.Encoder`)."""
+def load_model(spec: str, allow_missing_weights: bool = False):
+    """Load the model a spec names, on the CPU, in eval mode (an :class:`~sdetool.extract.models.base.Encoder`).
+
+    A checkpoint whose weights do not cover the model (missing keys, which transformers would fill with random
+    values) or hold weights the model has no place for is refused with :class:`UnknownModelError` naming them,
+    unless ``allow_missing_weights``; then the encoder's provenance records them.
+    """
     parsed = parse_spec(spec)
-    _quiet_transformers()
+    with quiet_transformers():
+        return _load(spec, parsed, allow_missing_weights)
+
+
+def _load(spec: str, parsed: ModelSpec, allow_missing_weights: bool):
     if parsed.backend == "builtin":
         from sdetool.extract.models.pixels import PATCHES, PixelEncoder
 
@@ -81,34 +91,50 @@ def load_model(spec: str):
     if parsed.backend == "hf":
         from sdetool.extract.models.hf import HFDualEncoder
 
-        return HFDualEncoder(spec, parsed.name, parsed.revision)
+        return HFDualEncoder(spec, parsed.name, parsed.revision, allow_missing_weights=allow_missing_weights)
     if parsed.backend == "run":
         from sdetool.extract.models.run import load_run_encoder
 
         return load_run_encoder(spec, parsed.name)
     if parsed.backend == "st":
-        from sdetool.extract.models.st import SentenceEncoder
+        from sdetool.extract.models.st import SentenceTransformerEncoder
 
-        return SentenceEncoder(spec, parsed.name, revision=parsed.revision)
+        return SentenceTransformerEncoder(spec, parsed.name, revision=parsed.revision)
     from sdetool.extract.models.openclip import OpenCLIPEncoder
 
     return OpenCLIPEncoder(spec, parsed.name, parsed.revision)
 
 
-def _quiet_transformers() -> None:
-    """No download/loading bars or info logs from transformers: sdetool draws its own progress."""
+@contextmanager
+def quiet_transformers():
+    """While a model loads: no download/loading bars or info logs from transformers and the hub client
+    (sdetool draws its own progress, and says a failed offline lookup once). Their settings are restored
+    afterwards: sdetool never changes another library's logging for the process that imports it, and what
+    loading found wrong (missing weights) is checked by sdetool itself, not left to a log line."""
     try:
         from transformers.utils import logging
     except ImportError:
+        yield
         return
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:  # the hub client logs every failed request of an offline lookup; our error says it once
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    try:
         from huggingface_hub.utils import logging as hub_logging
 
-        hub_logging.set_verbosity_error()
+        hub_verbosity = hub_logging.get_verbosity()
     except ImportError:
-        pass
+        hub_logging = hub_verbosity = None
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    if hub_logging is not None:
+        hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+        if hub_logging is not None:
+            hub_logging.set_verbosity(hub_verbosity)
 
 
 def backend_status() -> list[dict]:

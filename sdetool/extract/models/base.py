@@ -138,6 +138,30 @@ def load_pretrained(spec: str, name: str, load):
         ) from None
 
 
+LOADING_PROBLEMS = (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "mismatched"))
+
+
+def check_loading_info(spec: str, info: dict, allow: bool) -> dict:
+    """transformers' ``output_loading_info``: refuse weights the checkpoint lacks (which transformers fills with
+    random values), weights it holds that the model has no place for, and weights of another shape.
+
+    Returns ``{kind: [names]}`` of what was not loaded (empty when all was); raises :class:`UnknownModelError`
+    naming them unless ``allow`` (``--allow-missing-weights``).
+    """
+    problems = {}
+    for key, kind in LOADING_PROBLEMS:
+        names = sorted(str(name if isinstance(name, str) else name[0]) for name in (info or {}).get(key) or [])
+        if names:
+            problems[kind] = names
+    if problems and not allow:
+        parts = [f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                 for kind, names in problems.items()]
+        raise UnknownModelError(f"{spec}: the checkpoint does not match the model: {'; '.join(parts)} weights; "
+                                "transformers would fill missing ones with random values. Pass "
+                                "--allow-missing-weights to go on anyway (the store records them)")
+    return problems
+
+
 def model_revision(name: str, local: bool, config, revision: str | None) -> str:
     """A local folder's fingerprint, or the hub commit the model was loaded at."""
     if local:

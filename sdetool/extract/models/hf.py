@@ -12,7 +12,7 @@ import inspect
 import json
 
 from sdetool.errors import UnknownModelError
-from sdetool.extract.models.base import Encoder, ImageOutput, load_pretrained, model_revision
+from sdetool.extract.models.base import Encoder, ImageOutput, check_loading_info, load_pretrained, model_revision
 
 _MAX_LENGTH_PADDING = {"siglip": 64, "siglip2": 64}  # SigLIP was trained on max-length padded text
 
@@ -48,11 +48,13 @@ def _features(output):
 class HFDualEncoder(Encoder):
     """A transformers model exposing ``get_image_features`` and/or ``get_text_features``."""
 
-    def __init__(self, spec: str, name: str, revision: str | None = None) -> None:
+    def __init__(self, spec: str, name: str, revision: str | None = None, allow_missing_weights: bool = False) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        name, local, self.model = load_pretrained(
-            spec, name, lambda folder: AutoModel.from_pretrained(folder, revision=revision).eval())
+        name, local, (self.model, info) = load_pretrained(
+            spec, name, lambda folder: AutoModel.from_pretrained(folder, revision=revision, output_loading_info=True))
+        self.model.eval()
+        unloaded = check_loading_info(spec, info, allow_missing_weights)
         modalities = tuple(m for m, method in (("image", "get_image_features"), ("text", "get_text_features"))
                            if hasattr(self.model, method))
         if not modalities:
@@ -72,6 +74,8 @@ class HFDualEncoder(Encoder):
             provenance["image_preprocessing"] = json.dumps(_processor_settings(self.processor), sort_keys=True)
         if self.tokenizer is not None:
             provenance["tokenizer"] = type(self.tokenizer).__name__
+        if unloaded:  # --allow-missing-weights: say in the store which weights were not the checkpoint's
+            provenance["weights_not_loaded"] = json.dumps(unloaded, sort_keys=True)
         dim = int(getattr(config, "projection_dim", 0) or _probe_dim(self.model, modalities))
         super().__init__(spec=spec, backend="hf", dim=dim, modalities=modalities, provenance=provenance)
 

@@ -1,9 +1,12 @@
-"""``st:`` text encoders: sentence-transformers folders (or any transformers encoder) with pooling.
+"""Text encoders: ``st:`` models through sentence-transformers itself, and the built-in model's frozen tower.
 
-Loads through plain ``transformers`` (``AutoTokenizer`` + ``AutoModel``), reading the
-sentence-transformers metadata when the folder has it: the pooling mode (``1_Pooling/config.json``),
-whether a ``Normalize`` module follows (``modules.json``) and the maximum sequence length
-(``sentence_bert_config.json``). Without it: mean pooling over the attention mask, no normalization.
+- :class:`SentenceTransformerEncoder` (``st:FOLDER`` or ``st:ORG/NAME``): ``SentenceTransformer(folder)`` with
+  every module the model declares (Transformer, Pooling of any mode, Dense, Normalize, ...), its default
+  prompt and maximum length. The embeddings are what ``SentenceTransformer(folder).encode(texts)`` returns;
+  the store's provenance records the modules, pooling, prompt and normalization it used.
+- :class:`SentenceEncoder`: the built-in LiT model's text tower, a plain transformers module (fine-tuning
+  trains it as one) with mean pooling and L2 normalization read from the MiniLM folder's metadata; tests
+  check it against sentence-transformers on that folder.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from sdetool.errors import UnknownModelError
 from sdetool.extract.models.base import Encoder, load_pretrained, model_revision
 
 POOLINGS = ("mean", "cls", "max")
@@ -40,8 +44,16 @@ def read_sentence_config(folder: str) -> SentenceConfig:
                 if os.path.exists(pooling_file):
                     with open(pooling_file) as handle:
                         settings = json.load(handle)
-                    modes = [mode for mode in POOLINGS if settings.get(f"pooling_mode_{mode}_tokens")]
+                    # sentence-transformers 6: "pooling_mode": "cls"; before: pooling_mode_cls_token (singular),
+                    # pooling_mode_mean_tokens, pooling_mode_max_tokens
+                    named = settings.get("pooling_mode")
+                    modes = [named] if isinstance(named, str) else [
+                        mode for mode in POOLINGS
+                        if settings.get(f"pooling_mode_{mode}_tokens") or settings.get(f"pooling_mode_{mode}_token")]
                     pooling = modes[0] if modes else "mean"
+                    if pooling not in POOLINGS:
+                        raise UnknownModelError(f"{folder}: pooling {pooling!r} is not one the built-in tower "
+                                                f"implements ({', '.join(POOLINGS)}); load it as st:{folder}")
     settings_file = os.path.join(folder, "sentence_bert_config.json")
     if os.path.exists(settings_file):
         with open(settings_file) as handle:
@@ -97,3 +109,55 @@ class SentenceEncoder(Encoder):
         if self.config.normalize:
             pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
         return pooled
+
+
+def _pooling_mode(model) -> str:
+    """The Pooling module's mode as sentence-transformers names it (``mean``, ``cls``, ``lasttoken``, ...)."""
+    for module in model:
+        if type(module).__name__ == "Pooling":
+            mode = getattr(module, "pooling_mode", None)  # sentence-transformers 6
+            if mode is None and hasattr(module, "get_pooling_mode_str"):  # 3 to 5
+                mode = module.get_pooling_mode_str()
+            return str(mode)
+    return "none (the model has no Pooling module)"
+
+
+class SentenceTransformerEncoder(Encoder):
+    """An ``st:`` model loaded and run by sentence-transformers (text only)."""
+
+    def __init__(self, spec: str, folder: str, revision: str | None = None) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        folder, local, self.model = load_pretrained(
+            spec, folder, lambda name: SentenceTransformer(name, device="cpu", revision=revision,
+                                                           local_files_only=os.path.isdir(name)))
+        self.model.eval()
+        self.device = "cpu"
+        modules = [type(module).__name__ for module in self.model]
+        prompt_name = getattr(self.model, "default_prompt_name", None)
+        transformer = self.model[0] if len(modules) else None
+        config = getattr(getattr(transformer, "auto_model", None), "config", None)
+        provenance = {
+            "library": "sentence-transformers",
+            "modules": " -> ".join(modules),
+            "pooling": _pooling_mode(self.model),
+            "model_normalizes": "Normalize" in modules,
+            "max_length": int(self.model.max_seq_length or 0),
+            "prompt": f"{prompt_name}: {self.model.prompts.get(prompt_name, '')!r}" if prompt_name else "none",
+            "truncate_dim": int(self.model.truncate_dim) if self.model.truncate_dim else "none",
+            "revision": model_revision(folder, local, config, revision) if config is not None else str(revision or ""),
+        }
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = int(dimension())
+        super().__init__(spec=spec, backend="st", dim=dim, modalities=("text",), provenance=provenance)
+
+    def to(self, device) -> "SentenceTransformerEncoder":
+        self.model.to(device)
+        self.device = device
+        return self
+
+    def encode_texts(self, texts: list[str]):
+        """``SentenceTransformer.encode`` of the batch as a float tensor (the model's prompt, pooling and
+        normalization; no normalization added)."""
+        return self.model.encode(list(texts), batch_size=max(1, len(texts)), convert_to_tensor=True,
+                                 show_progress_bar=False, device=str(self.device)).float()
