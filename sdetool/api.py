@@ -72,6 +72,15 @@ __all__ = [
     "svd_band_reconstructions",
 ]
 
+def __getattr__(name):
+    """``SpectralBands`` (the scikit-learn transformer) loads scikit-learn, an optional extra: on first use."""
+    if name == "SpectralBands":
+        from sdetool.analysis.estimator import SpectralBands
+
+        return SpectralBands
+    raise AttributeError(f"module 'sdetool.api' has no attribute {name!r}")
+
+
 # What the command line (sdetool.cli) reaches beyond the public names: option objects, the JSON paths that
 # --fail-if may name, the renderers and writers of its output. Stable enough for front ends; not in __all__.
 FRONT_END = (

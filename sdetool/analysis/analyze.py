@@ -14,7 +14,7 @@ from sdetool.analysis.options import AnalysisOptions
 from sdetool.analysis.report import SCHEMA, AnalysisReport, CrossAnalysis, SetAnalysis
 from sdetool.analysis.spatial import REEXTRACT, check_sources, spatial_bands, token_sources
 from sdetool.errors import BadInputError
-from sdetool.io.sources import dtype_name, iter_blocks, open_inputs, prefetch
+from sdetool.io.sources import array_inputs, dtype_name, is_array_input, iter_blocks, open_inputs, prefetch
 from sdetool.runtime.devices import describe, resolve_device
 from sdetool.runtime.distributed import World, all_reduce_state, current_world
 from sdetool.spectral import bands, metrics, spectrum
@@ -252,8 +252,13 @@ def analyze(
     26
     """
     options = options or AnalysisOptions()
-    specs = [inputs] if isinstance(inputs, str) else list(inputs)
-    opened = open_inputs(specs, keys)
+    if is_array_input(inputs):  # arrays and tensors (a notebook): the same pass as a .npy file of them
+        specs, opened = ["array"], array_inputs(inputs, keys)
+        if options.spatial_bands:
+            raise BadInputError("--spatial-bands: reads token grids from a store; arrays have none")
+    else:
+        specs = [inputs] if isinstance(inputs, str) else list(inputs)
+        opened = open_inputs(specs, keys)
     world = World() if local else current_world()
     keep_vectors = vectors if vectors is not None else (options.top_k if len(opened) > 1 else 0)
     with_bands = options.bands is not None or options.band_starts is not None

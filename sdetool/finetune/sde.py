@@ -30,7 +30,7 @@ import numpy as np
 
 from sdetool.spectral import spectrum
 from sdetool.spectral.batchspectrum import (NOISE, STRONG, WEAK, BandTracker, BatchSpectrum, SpectrumError, band_shares,
-                                            batch_null_inputs, batch_spectrum)
+                                            batch_spectrum, label_batch)
 
 RAMPS = ("linear", "cosine")
 PERTURBATIONS = ("adversarial", "random")
@@ -364,9 +364,8 @@ def observe_bands(image, text, state: SDEState) -> dict[str, list[float]]:
 
 
 def _batch_labels(tracker: BandTracker, spec: BatchSpectrum, state: "SDEState") -> np.ndarray:
-    """Band labels of one batch's spectrum under the tracker's null (its inputs computed from the batch)."""
-    inputs, distinct = batch_null_inputs(spec, tracker.options.null, state.generator)
-    return tracker.update(spec.singular_values, *spec.centred.shape, inputs=inputs, distinct=distinct)
+    """Band labels of one batch's spectrum (:func:`~sdetool.spectral.batchspectrum.label_batch`)."""
+    return label_batch(tracker, spec, state.generator)
 
 
 def with_overrides(config: SDEConfig, **overrides) -> SDEConfig:

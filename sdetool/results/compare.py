@@ -372,16 +372,22 @@ def _run_states(folder: str, evaluation: dict, analyze_options, progress, keys=N
 def analyze_state(path: str, label: str, options=None, progress=None, keys=None) -> State:
     """Analyze an input (its sets ``keys``, default all; every right singular vector kept) into a state."""
     from sdetool.analysis.analyze import analyze
+    from sdetool.io.sources import is_array_input
 
     report = analyze(path, keys=keys or None, options=options, progress=progress, local=True, vectors=1 << 30)
-    return state_from_report(report, label, path)
+    return state_from_report(report, label, f"array ({label})" if is_array_input(path) else path)
 
 
-def open_states(path: str, analyze_options=None, progress=None, keys=None) -> list[State]:
+def open_states(path, analyze_options=None, progress=None, keys=None, label: str | None = None) -> list[State]:
     """The states an input holds: one for a report or embeddings, two (before, after) for a run.
 
-    ``keys`` limits what is analysed here (reports keep every set; the comparison picks).
+    ``keys`` limits what is analysed here (reports keep every set; the comparison picks). An array, a tensor or
+    a mapping of them (``label`` names it) is analysed here like a file of it.
     """
+    from sdetool.io.sources import is_array_input
+
+    if is_array_input(path):
+        return [analyze_state(path, label or "array", analyze_options, progress, keys)]
     label = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
     if os.path.isdir(path):
         evaluation = os.path.join(path, "eval.json")
@@ -406,8 +412,11 @@ def open_states(path: str, analyze_options=None, progress=None, keys=None) -> li
 
 def rows_analysed_here(path: str, keys=None) -> int | None:
     """The rows ``compare`` would analyse of an input (the fewest of its sets), or None for a report."""
-    from sdetool.io.sources import open_inputs
+    from sdetool.io.sources import array_inputs, is_array_input, open_inputs
 
+    if is_array_input(path):
+        opened = array_inputs(path, keys)
+        return min(shards[0].shape[0] for shards in opened.values())
     if os.path.isdir(path):
         store = os.path.join(path, exported_store("after"))
         return rows_analysed_here(store, keys) if os.path.isfile(store) else None
@@ -429,24 +438,34 @@ def equal_n_options(inputs: list[str], keys, options) -> list:
     return [replace(options, sample=target) if count > target else options for count in rows]
 
 
-def compare(inputs: list[str], keys: list[str] | None = None, analyze_options=None, progress=None,
+def compare(inputs: list, keys: list[str] | None = None, analyze_options=None, progress=None,
             equal_n: bool = True) -> Comparison:
     """Compare two inputs (before, after), or the two stages of one fine-tuning run.
+
+    Inputs are paths (reports, stores, runs) or in-memory arrays, tensors or ``{name: array}`` mappings;
+    ``compare(before_array, after_array)`` works as ``compare([before_array, after_array])``.
 
     A run given as one of two inputs stands for its state *after* training (to compare two runs). Two
     inputs both analysed here (stores, arrays, runs with exported embeddings) are analysed at the same
     n, a seeded subsample of the larger, unless ``equal_n`` is False: band shares depend on n.
     """
+    from sdetool.io.sources import is_array_input
+
+    if is_array_input(inputs):  # compare(before_array, after_array): the arrays as two positional inputs
+        inputs, keys = ([inputs, keys], None) if is_array_input(keys) else ([inputs], keys)
     if len(inputs) not in (1, 2):
         raise BadInputError(f"compare takes two inputs (before, after) or one fine-tuning run, got {len(inputs)}")
-    if len(inputs) == 1 and not (os.path.isdir(inputs[0]) or inputs[0].lower().endswith(".json")):
-        raise BadInputError(f"{inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
+    arrays = [is_array_input(item) for item in inputs]
+    if len(inputs) == 1 and (arrays[0] or not (os.path.isdir(inputs[0]) or inputs[0].lower().endswith(".json"))):
+        raise BadInputError(f"{'inputs[0]' if arrays[0] else inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
                             f"two inputs to compare reports or stores")
     per_input = equal_n_options(inputs, keys, analyze_options) if equal_n else [analyze_options] * len(inputs)
-    states = [open_states(path, options, progress, keys) for path, options in zip(inputs, per_input)]
+    labels = [("before", "after")[index] if array else None for index, array in enumerate(arrays)]
+    states = [open_states(path, options, progress, keys, label)
+              for path, options, label in zip(inputs, per_input, labels)]
     if len(inputs) == 1:
         if len(states[0]) != 2:
-            raise BadInputError(f"{inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
+            raise BadInputError(f"{'inputs[0]' if arrays[0] else inputs[0]}: one input must be a fine-tuning run (its folder or eval.json); give "
                                 f"two inputs to compare reports or stores")
         before, after = states[0]
     else:

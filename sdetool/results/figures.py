@@ -76,10 +76,15 @@ def _analysis_report(path: str, written_by: str) -> dict:
 def analysis_series(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
     """``(label, analysis set document)`` per set of every input, in order."""
     from sdetool.analysis.analyze import analyze
+    from sdetool.io.sources import is_array_input
 
     series = []
-    for path in paths:
-        if path.lower().endswith(".json") and os.path.basename(path) != "eval.json":
+    for index, path in enumerate(paths):
+        if is_array_input(path):  # an array, tensor or {name: array} (a notebook)
+            sources = [(f"input {index + 1}", analyze(path, keys=list(options.keys) or None, options=options.analysis,
+                                                      progress=progress, local=True).to_dict())]
+            path = f"input {index + 1}"
+        elif path.lower().endswith(".json") and os.path.basename(path) != "eval.json":
             sources = [(_stem(path), _analysis_report(path, "sdetool analyze --json"))]
         else:
             stores = _run_stores(path) or [(_stem(path), path)]
@@ -165,17 +170,20 @@ def band_states(paths: list[str], options: PlotOptions, progress=None) -> list[t
     Several runs or comparisons usually share their "before" state (the same base model and held-out
     pairs): a "before" equal to a state already drawn is drawn once.
     """
+    from sdetool.io.sources import is_array_input
     from sdetool.results.compare import open_states
 
     states: list[tuple[str, dict]] = []
-    for path in paths:
-        document = read_json(path) if path.lower().endswith(".json") and os.path.isfile(path) else {}
+    for index, path in enumerate(paths):
+        array = is_array_input(path)
+        document = read_json(path) if not array and path.lower().endswith(".json") and os.path.isfile(path) else {}
         if str(document.get("schema", "")).startswith("sdetool.compare/"):
             opened = comparison_states(document)
         else:
             opened = [(state.label, {key: {band: value.bands[band]["energy_share"] for band in BANDS}
                                      for key, value in state.sets.items()})
-                      for state in open_states(path, options.analysis, progress)]
+                      for state in open_states(path, options.analysis, progress,
+                                               label=f"input {index + 1}" if array else None)]
         for position, (label, shares) in enumerate(opened):
             if len(opened) == 2 and position == 0 and any(shares == seen for _, seen in states):
                 continue  # this "before" is already drawn
@@ -239,25 +247,32 @@ def _relabel(items: list, labels: tuple[str, ...]) -> list:
     return [(label, value) for label, (_, value) in zip(labels, items)]
 
 
-def plot(kind: str, inputs: list[str], out: str, options: PlotOptions = PlotOptions(), progress=None) -> dict:
+def plot(kind: str, inputs: list, out: str | None = None, options: PlotOptions = PlotOptions(), progress=None):
     """Draw figure ``kind`` (one of :data:`KINDS`) from ``inputs`` into ``out`` (.png/.svg/.pdf).
+
+    ``inputs``: paths (reports, stores, runs) or, for the spectrum, energy and bands figures, arrays, tensors
+    or ``{name: array}`` mappings (one input may be given bare).
 
     Returns
     -------
-    dict
-        ``{"kind", "out", "series": [labels]}``.
+    dict or matplotlib.figure.Figure
+        ``{"kind", "out", "series": [labels]}``; with ``out=None`` the figure itself (Jupyter shows it inline).
     """
+    from sdetool.io.sources import is_array_input
     from sdetool.results import plots
 
     if kind not in KINDS:
         raise BadInputError(f"plot {kind!r}: expected one of {', '.join(KINDS)}")
-    try:
-        plots.figure_format(out)
-    except ValueError as error:
-        raise BadInputError(f"--out {error}") from None
-    from sdetool.results.tables import check_output_path
+    if isinstance(inputs, str) or is_array_input(inputs):
+        inputs = [inputs]
+    if out is not None:
+        try:
+            plots.figure_format(out)
+        except ValueError as error:
+            raise BadInputError(f"--out {error}") from None
+        from sdetool.results.tables import check_output_path
 
-    check_output_path(out, "--out")
+        check_output_path(out, "--out")
     if not inputs:
         raise BadInputError(f"plot {kind}: give at least one input")
     if kind == "training":
@@ -276,5 +291,7 @@ def plot(kind: str, inputs: list[str], out: str, options: PlotOptions = PlotOpti
         items = _relabel(analysis_series(inputs, options, progress), options.labels)
         figure = (plots.spectrum_figure(items, loglog=options.loglog, title=options.title) if kind == "spectrum"
                   else plots.energy_figure(items, title=options.title))
+    if out is None:
+        return figure
     plots.save_figure(figure, out, dpi=options.dpi)
     return {"kind": kind, "out": out, "series": [label for label, _ in items]}

@@ -193,6 +193,13 @@ class BandTracker:
         self.edge, self.threshold = state.get("edge"), state.get("threshold")
 
 
+def label_batch(tracker: BandTracker, spec: BatchSpectrum, generator: np.random.Generator) -> np.ndarray:
+    """Band labels of one batch's spectrum under the tracker's null (its inputs computed from the batch): the
+    one batch partition that finetune's loss, its logging and :class:`sdetool.monitor.BandMonitor` share."""
+    inputs, distinct = batch_null_inputs(spec, tracker.options.null, generator)
+    return tracker.update(spec.singular_values, *spec.centred.shape, inputs=inputs, distinct=distinct)
+
+
 def band_shares(energies, labels) -> list[float]:
     """Energy share of the strong, weak and noise bands of one batch (power energy)."""
     values = energies.detach().double().cpu().numpy()

@@ -3,7 +3,6 @@ image struct in Parquet manifests: the same images give the same embeddings as a
 
 from __future__ import annotations
 
-
 import h5py
 import numpy as np
 import pytest

@@ -323,7 +323,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(pairs, uninterrupted, tmp
 # The CLI exactly as `python -m sdetool`, except that every training step is followed by a pause, so that
 # the SIGINT lands mid-run whatever the machine's speed (a head step takes milliseconds here).
 _SLOW_CLI = """
-import runpy, time
+import runpy, signal, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
 import sdetool.finetune.run as finetune
 step = finetune.TrainingLoop.step
 def paused(self, index):
@@ -376,7 +377,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(pairs, uninterrupted, tmp_path):
 # The CLI as `python -m sdetool`, except that the evaluation before or after training (argv[1]) first
 # waits a minute: a signal then lands inside that evaluation whatever the machine's speed.
 _PAUSED_EVALUATION_CLI = """
-import os, runpy, sys, time
+import os, runpy, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
 import sdetool.finetune.run as finetune
 paused_label = sys.argv.pop(1)
 evaluate = finetune.evaluate

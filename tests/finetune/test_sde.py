@@ -12,6 +12,7 @@ from numpy.testing import assert_allclose
 from sdetool.finetune import sde
 from sdetool.finetune.sde import NOISE, STRONG, WEAK, SDEConfig, SDEState
 from sdetool.spectral import metrics, rmt, spectrum
+from sdetool.spectral.batchspectrum import batch_null_inputs
 from sdetool.spectral.synthetic import planted_spikes
 
 LOG10 = math.log(10.0)
@@ -585,7 +586,7 @@ def test_sde_loss_is_the_sum_of_its_terms():
     generator = np.random.default_rng(5)
     labels = []
     for tracker, spec in zip(trackers, spectra):  # the default null (ddpa) reads the batch's variances and vectors
-        inputs, distinct = sde.batch_null_inputs(spec, config.partition.null, generator)
+        inputs, distinct = batch_null_inputs(spec, config.partition.null, generator)
         labels.append(tracker.update(spec.singular_values, b, d, inputs=inputs, distinct=distinct))
     signs = [generator.choice([-1.0, 1.0], size=len(lab)) for lab in labels]
     changes = [sde.relative_changes(s.singular_values, lab, sg, weights["alpha"], weights["rho"], config)
