@@ -240,6 +240,31 @@ def text_file(path: str) -> ItemSource:
     return ItemSource(kind="texts", location=path, ids=ids, texts=texts, notes=notes)
 
 
+def _pick_columns(option: str, path: str, columns: list[str], id_column: str | None, image_column: str | None,
+                  text_column: str | None, image_candidates: tuple[str, ...]) -> tuple:
+    """The (id, image, text) columns of a table: the named ones (each must exist) or the first candidates found."""
+    def pick(given: str | None, candidates: tuple[str, ...], name: str) -> str | None:
+        if given is not None:
+            if given not in columns:
+                raise BadInputError(f"{name} {given!r}: no such column in {path} (columns: {', '.join(columns)})")
+            return given
+        return next((c for c in candidates if c in columns), None)
+
+    chosen = (pick(id_column, ("id",), "--id-col"), pick(image_column, image_candidates, "--image-col"),
+              pick(text_column, TEXT_COLUMNS, "--text-col"))
+    if chosen[1] is None and chosen[2] is None:
+        raise BadInputError(f"{option} {path}: no image or text column found (columns: {', '.join(columns)}); "
+                            "name them with --image-col / --text-col")
+    return chosen
+
+
+def _row_ids(values, count: int) -> list[str]:
+    """Ids from a column (an empty cell: ``row-N``), or ``row-N`` for every row."""
+    if values is None:
+        return [f"row-{i}" for i in range(count)]
+    return [str(v) if _present(v) else f"row-{i}" for i, v in enumerate(values)]
+
+
 def manifest(path: str, id_column: str | None = None, image_column: str | None = None,
              text_column: str | None = None) -> ItemSource:
     """Items from a CSV/TSV, JSON Lines or Parquet table; image paths are relative to its folder.
@@ -250,21 +275,9 @@ def manifest(path: str, id_column: str | None = None, image_column: str | None =
     path = os.path.abspath(path)
     columns = [str(c) for c in frame.columns]
 
-    def pick(given: str | None, candidates: tuple[str, ...], option: str) -> str | None:
-        if given is not None:
-            if given not in columns:
-                raise BadInputError(f"{option} {given!r}: no such column in {path} (columns: {', '.join(columns)})")
-            return given
-        return next((c for c in candidates if c in columns), None)
-
-    image_column = pick(image_column, IMAGE_COLUMNS, "--image-col")
-    text_column = pick(text_column, TEXT_COLUMNS, "--text-col")
-    id_column = pick(id_column, ("id",), "--id-col")
-    if image_column is None and text_column is None:
-        raise BadInputError(f"--manifest {path}: no image or text column found (columns: {', '.join(columns)}); "
-                            "name them with --image-col / --text-col")
-    ids = [str(v) if _present(v) else f"row-{i}" for i, v in enumerate(frame[id_column])] if id_column \
-        else [f"row-{i}" for i in range(len(frame))]
+    id_column, image_column, text_column = _pick_columns("--manifest", path, columns, id_column, image_column,
+                                                         text_column, IMAGE_COLUMNS)
+    ids = _row_ids(frame[id_column] if id_column else None, len(frame))
     folder = os.path.dirname(os.path.abspath(path))
     image_paths = image_data = None
     fingerprint = ""
@@ -426,23 +439,11 @@ def hf_dataset(path: str, id_column: str | None = None, image_column: str | None
         dataset = dataset[splits[0]]
     columns = list(dataset.column_names)
 
-    def pick(given: str | None, candidates: tuple[str, ...], option: str) -> str | None:
-        if given is not None:
-            if given not in columns:
-                raise BadInputError(f"{option} {given!r}: no such column in {path} (columns: {', '.join(columns)})")
-            return given
-        return next((c for c in candidates if c in columns), None)
-
     features = dataset.features
     image_features = tuple(c for c in columns if isinstance(features[c], datasets.Image))
-    image_column = pick(image_column, image_features + IMAGE_COLUMNS, "--image-col")
-    text_column = pick(text_column, TEXT_COLUMNS, "--text-col")
-    id_column = pick(id_column, ("id",), "--id-col")
-    if image_column is None and text_column is None:
-        raise BadInputError(f"--hf-dataset {path}: no image or text column found (columns: {', '.join(columns)}); "
-                            "name them with --image-col / --text-col")
-    ids = ([str(v) if _present(v) else f"row-{i}" for i, v in enumerate(dataset[id_column])] if id_column
-           else [f"row-{i}" for i in range(len(dataset))])
+    id_column, image_column, text_column = _pick_columns("--hf-dataset", path, columns, id_column, image_column,
+                                                         text_column, image_features + IMAGE_COLUMNS)
+    ids = _row_ids(dataset[id_column] if id_column else None, len(dataset))
     texts = [str(v) if _present(v) else None for v in dataset[text_column]] if text_column else None
     image_data = DatasetImages(dataset, image_column) if image_column else None
     return ItemSource(kind="hf-dataset", location=os.path.abspath(path), ids=ids, texts=texts, image_data=image_data,
