@@ -51,3 +51,10 @@ def test_model_modules_import_torch_and_transformers_lazily():
 def test_python_dash_m_runs_the_cli():
     completed = subprocess.run([sys.executable, "-m", "sdetool", "--version"], capture_output=True, text=True, check=True)
     assert completed.stdout.startswith("sdetool ")
+
+
+def test_the_documented_train_lit_command_keeps_its_old_name():
+    """``python -m sdetool.models.train_lit`` (issue 13's fresh-machine command) survives the move to finetune."""
+    completed = subprocess.run([sys.executable, "-m", "sdetool.models.train_lit", "--help"], capture_output=True,
+                               text=True, check=True)
+    assert "Train the image tower" in completed.stdout
