@@ -165,7 +165,7 @@ def export(path: str, out: str, format: str = "clip-retrieval", dtype: str = "au
     os.makedirs(out, exist_ok=True)
     on_rows = progress.advance if progress is not None else (lambda count: None)
     if progress is not None:
-        progress.start(f"exporting {path}", rows * (1 if format == "parquet" else len(sets)))
+        progress.start(path, rows * (1 if format == "parquet" else len(sets)))
     files = []
     if format == "clip-retrieval":
         for key, matrix in sets.items():
