@@ -14,7 +14,8 @@ from sdetool.analysis.options import AnalysisOptions
 from sdetool.analysis.report import SCHEMA, AnalysisReport, CrossAnalysis, SetAnalysis
 from sdetool.analysis.spatial import REEXTRACT, check_sources, spatial_bands, token_sources
 from sdetool.errors import BadInputError
-from sdetool.io.sources import array_inputs, dtype_name, is_array_input, iter_blocks, open_inputs, prefetch
+from sdetool.io.arrays import array_inputs, is_array_input
+from sdetool.io.sources import dtype_name, iter_blocks, open_inputs, prefetch
 from sdetool.runtime.devices import describe, resolve_device
 from sdetool.runtime.distributed import World, all_reduce_state, current_world
 from sdetool.spectral import bands, metrics, spectrum

@@ -372,7 +372,7 @@ def _run_states(folder: str, evaluation: dict, analyze_options, progress, keys=N
 def analyze_state(path: str, label: str, options=None, progress=None, keys=None) -> State:
     """Analyze an input (its sets ``keys``, default all; every right singular vector kept) into a state."""
     from sdetool.analysis.analyze import analyze
-    from sdetool.io.sources import is_array_input
+    from sdetool.io.arrays import is_array_input
 
     report = analyze(path, keys=keys or None, options=options, progress=progress, local=True, vectors=1 << 30)
     return state_from_report(report, label, f"array ({label})" if is_array_input(path) else path)
@@ -384,7 +384,7 @@ def open_states(path, analyze_options=None, progress=None, keys=None, label: str
     ``keys`` limits what is analysed here (reports keep every set; the comparison picks). An array, a tensor or
     a mapping of them (``label`` names it) is analysed here like a file of it.
     """
-    from sdetool.io.sources import is_array_input
+    from sdetool.io.arrays import is_array_input
 
     if is_array_input(path):
         return [analyze_state(path, label or "array", analyze_options, progress, keys)]
@@ -412,7 +412,8 @@ def open_states(path, analyze_options=None, progress=None, keys=None, label: str
 
 def rows_analysed_here(path: str, keys=None) -> int | None:
     """The rows ``compare`` would analyse of an input (the fewest of its sets), or None for a report."""
-    from sdetool.io.sources import array_inputs, is_array_input, open_inputs
+    from sdetool.io.arrays import array_inputs, is_array_input
+    from sdetool.io.sources import open_inputs
 
     if is_array_input(path):
         opened = array_inputs(path, keys)
@@ -449,7 +450,7 @@ def compare(inputs: list, keys: list[str] | None = None, analyze_options=None, p
     inputs both analysed here (stores, arrays, runs with exported embeddings) are analysed at the same
     n, a seeded subsample of the larger, unless ``equal_n`` is False: band shares depend on n.
     """
-    from sdetool.io.sources import is_array_input
+    from sdetool.io.arrays import is_array_input
 
     if is_array_input(inputs):  # compare(before_array, after_array): the arrays as two positional inputs
         inputs, keys = ([inputs, keys], None) if is_array_input(keys) else ([inputs], keys)

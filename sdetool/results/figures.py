@@ -76,7 +76,7 @@ def _analysis_report(path: str, written_by: str) -> dict:
 def analysis_series(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
     """``(label, analysis set document)`` per set of every input, in order."""
     from sdetool.analysis.analyze import analyze
-    from sdetool.io.sources import is_array_input
+    from sdetool.io.arrays import is_array_input
 
     series = []
     for index, path in enumerate(paths):
@@ -170,7 +170,7 @@ def band_states(paths: list[str], options: PlotOptions, progress=None) -> list[t
     Several runs or comparisons usually share their "before" state (the same base model and held-out
     pairs): a "before" equal to a state already drawn is drawn once.
     """
-    from sdetool.io.sources import is_array_input
+    from sdetool.io.arrays import is_array_input
     from sdetool.results.compare import open_states
 
     states: list[tuple[str, dict]] = []
@@ -258,7 +258,7 @@ def plot(kind: str, inputs: list, out: str | None = None, options: PlotOptions =
     dict or matplotlib.figure.Figure
         ``{"kind", "out", "series": [labels]}``; with ``out=None`` the figure itself (Jupyter shows it inline).
     """
-    from sdetool.io.sources import is_array_input
+    from sdetool.io.arrays import is_array_input
     from sdetool.results import plots
 
     if kind not in KINDS:
