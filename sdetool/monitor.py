@@ -142,15 +142,21 @@ def _tensorboard_writer():
     from torch.utils.tensorboard import SummaryWriter
 
     class TensorBoardWriter:
-        """The monitor's records as TensorBoard scalars: ``monitor.writers.append(TensorBoardWriter(log_dir))``."""
+        """Records as TensorBoard scalars at their ``step``: ``monitor.writers.append(TensorBoardWriter(log_dir))``.
+        ``to_scalars`` turns a record into named numbers (the monitor's by default; finetune passes its own)."""
 
-        def __init__(self, log_dir: str) -> None:
+        def __init__(self, log_dir: str, to_scalars=None, prefix: str = "bands/") -> None:
             self.writer = SummaryWriter(log_dir=log_dir)
+            self.to_scalars, self.prefix = to_scalars or scalars, prefix
 
         def add(self, record: dict) -> None:
-            for name, value in scalars(record).items():
-                self.writer.add_scalar(f"bands/{name}", value, record["step"])
+            for name, value in self.to_scalars(record).items():
+                self.writer.add_scalar(f"{self.prefix}{name}", value, int(record["step"]))
             self.writer.flush()
+
+        def __call__(self, records: list[dict]) -> None:
+            for record in records:
+                self.add(record)
 
     return TensorBoardWriter
 

@@ -22,7 +22,7 @@ ALLOWED = {
     "runtime": {"spectral"},
     "extract": {"io", "runtime", ROOT},
     "analysis": {"spectral", "io", "runtime", ROOT},
-    "finetune": {"spectral", "io", "runtime", "extract", "analysis", ROOT},
+    "finetune": {"spectral", "io", "runtime", "extract", "analysis", "monitor", ROOT},
     "results": {"spectral", "io", "runtime", "extract", "analysis", "finetune", ROOT},
     "cli": {"api", ROOT},
     "api": {"spectral", "io", "runtime", "extract", "analysis", "finetune", "results"},

@@ -35,16 +35,9 @@ def scalars(record: dict) -> dict[str, float]:
     return values
 
 
-class TensorBoardReport:
-    """Writes each metrics record's scalars at its step; flushed after every batch of records."""
+def tensorboard_report(run_folder: str):
+    """The metrics records' scalars at their steps in ``OUT/tensorboard``: the monitor's TensorBoard writer
+    (:class:`sdetool.monitor.TensorBoardWriter`), given this module's :func:`scalars`."""
+    from sdetool.monitor import TensorBoardWriter
 
-    def __init__(self, run_folder: str) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=os.path.join(run_folder, FOLDER))
-
-    def add(self, records: list[dict]) -> None:
-        for record in records:
-            for name, value in scalars(record).items():
-                self.writer.add_scalar(name, value, int(record["step"]))
-        self.writer.flush()
+    return TensorBoardWriter(os.path.join(run_folder, FOLDER), to_scalars=scalars, prefix="")

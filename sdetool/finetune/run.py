@@ -20,7 +20,7 @@ import numpy as np
 from sdetool import __version__
 from sdetool.errors import BadInputError, TrainingInterrupted
 from sdetool.finetune.pairs import POSITIVES, PairData
-from sdetool.finetune.reporting import REPORT_TO, TensorBoardReport, check_tensorboard
+from sdetool.finetune.reporting import REPORT_TO, check_tensorboard, tensorboard_report
 from sdetool.finetune.runfolder import EVAL, SCHEMA, WEIGHTS, RunFolder, exported_store
 from sdetool.finetune.sde import SDEConfig
 from sdetool.finetune.trainloop import PRECISIONS, TrainingLoop, batch_rows, learning_rate_factor
@@ -289,7 +289,7 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
         check_tensorboard()  # before anything is written
     saved = on_main(world, lambda: folder.prepare(config, options.resume, options.overwrite))
     if options.report_to == "tensorboard" and world.is_main:
-        folder.reporters.append(TensorBoardReport(folder.path))
+        folder.reporters.append(tensorboard_report(folder.path))
     if saved is not None and saved.get("finished"):
         return FinetuneResult(out, "already complete", options.steps, options.steps, folder.read_json(EVAL), 0.0, 0.0,
                               device, data.notes + ["nothing to do: the run is complete"])

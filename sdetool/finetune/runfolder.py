@@ -63,7 +63,7 @@ class RunFolder:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.reporters: list = []  # objects with add(records): where the metrics go besides metrics.jsonl
+        self.reporters: list = []  # callables taking the records: where the metrics go besides metrics.jsonl
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -123,8 +123,8 @@ class RunFolder:
         with open(self.file(METRICS), "a") as handle:
             for record in records:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
-        for reporter in self.reporters:  # --report-to: the same records elsewhere (TensorBoard)
-            reporter.add(records)
+        for report in self.reporters:  # --report-to: the same records elsewhere (TensorBoard)
+            report(records)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop logged records of steps ``last_step`` and later (a resume from checkpoint ``last_step`` replays them)."""

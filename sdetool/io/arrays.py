@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from sdetool.errors import BadInputError, UnknownKeyError
-from sdetool.io.sources import DEFAULT_KEY, FLOAT_DTYPES, ArrayMatrix, dtype_name
+from sdetool.io.sources import DEFAULT_KEY, ArrayMatrix, _validate
 
 
 def _is_array(value) -> bool:
@@ -30,11 +30,7 @@ def _as_numpy(value, where: str) -> np.ndarray:
         value = value.float() if value.dtype == torch.bfloat16 else value
         value = value.numpy()
     array = np.asarray(value)
-    if array.ndim != 2:
-        raise BadInputError(f"{where}: is {array.ndim}-D with shape {array.shape}; expected a 2-D (n, d) array")
-    if dtype_name(array.dtype) not in FLOAT_DTYPES:
-        raise BadInputError(f"{where}: has dtype {array.dtype}; expected floating-point embeddings "
-                            f"({', '.join(FLOAT_DTYPES)})")
+    _validate(ArrayMatrix(where, DEFAULT_KEY, array))  # the checks every input gets (2-D, float, d > 0), named so
     if not np.isfinite(array).all():
         row = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
         raise BadInputError(f"{where}: row {row} holds a non-finite value (NaN or Inf); expected finite embeddings")
