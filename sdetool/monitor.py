@@ -26,8 +26,8 @@ import os
 import numpy as np
 
 from sdetool.errors import BadInputError
-from sdetool.spectral import metrics, nulls, spectrum
-from sdetool.spectral.batchspectrum import BandTracker, SpectrumError, band_shares, batch_spectrum, label_batch
+from sdetool.spectral import nulls, spectrum
+from sdetool.spectral.batchspectrum import BandTracker, SpectrumError, band_entry, batch_spectrum, label_batch
 
 BANDS = spectrum.BANDS
 
@@ -54,12 +54,7 @@ def batch_bands(features, tracker: BandTracker, generator: np.random.Generator) 
         spec = batch_spectrum(features)
     except SpectrumError:
         return None
-    labels = label_batch(tracker, spec, generator)
-    shares = band_shares(spec.energies, labels)
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=3)
-    entry = {band: {"count": int(counts[i]), "energy_share": float(shares[i])} for i, band in enumerate(BANDS)}
-    entry["effective_rank"] = float(metrics.effective_rank(spec.singular_values))
-    return entry
+    return band_entry(spec, label_batch(tracker, spec, generator))
 
 
 class BandMonitor:
@@ -116,13 +111,24 @@ class BandMonitor:
                                         f"{self.widths[name]} before; a monitored set keeps its width")
                 tracker = self.trackers.setdefault(name, BandTracker(self.options, self.momentum))
                 record[name] = batch_bands(features, tracker, self.generator)
+        self.write([record])
+        return record
+
+    def write(self, records: list[dict]) -> None:
+        """Append finished records (``{"step": .., name: entry}``) to the file and hand them to the writers.
+
+        ``sdetool finetune`` writes its ``bands.jsonl`` through this, with entries from the labels its loss
+        already computed (:func:`sdetool.spectral.batchspectrum.band_entry`)."""
+        if not records:
+            return
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-        for writer in self.writers:
-            writer.add(record)
-        return record
+            for record in records:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+        for record in records:
+            for writer in self.writers:
+                writer.add(record)
 
 
 def scalars(record: dict) -> dict[str, float]:

@@ -114,3 +114,17 @@ def fashion_subset(count: int, start: int = 0):
     return ItemSource(kind="builtin", location=f"{full.location}[{start}:{stop}]", ids=full.ids[start:stop],
                       pixels=full.pixels[start:stop], texts=full.texts[start:stop], labels=full.labels[start:stop],
                       classes=full.classes, template=full.template, origin=full.origin)
+
+
+def write_pairs(path: str, count: int = 400, dim: int = 32, texts: int = 40) -> dict:
+    """A store of ``count`` paired rows: text row i is text ``i mod texts``; image i a noisy linear map of its text."""
+    from sdetool.io import store
+
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(texts, dim)).astype(np.float32)
+    text = distinct[np.arange(count) % texts]
+    image = (0.3 * text @ rng.normal(size=(dim, dim)) + rng.normal(size=(count, dim))).astype(np.float32)
+    ids = [f"pair-{i:04d}" for i in range(count)]
+    store.write_set(path, "image", image, ids=ids, mode="w")
+    store.write_set(path, "text", text, ids=ids)
+    return {"path": path, "image": image, "text": text, "ids": ids}

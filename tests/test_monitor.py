@@ -120,3 +120,40 @@ def test_hugging_face_trainer_callback(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "bands.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
     assert set(lines[0]) == {"step", "image", "text"}
+
+
+def test_lightning_callback(tmp_path):
+    """A real PyTorch Lightning Trainer (CPU, no logger) whose training_step returns the batch embeddings."""
+    lightning = pytest.importorskip("lightning.pytorch")
+    from sdetool.monitor import LightningCallback
+
+    class DualEncoder(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.image = torch.nn.Linear(24, 16)
+            self.text = torch.nn.Linear(12, 16)
+
+        def training_step(self, batch, batch_idx):
+            image, text = self.image(batch[0]), self.text(batch[1])
+            logits = torch.nn.functional.normalize(image, dim=1) @ torch.nn.functional.normalize(text, dim=1).T
+            loss = torch.nn.functional.cross_entropy(10 * logits, torch.arange(len(image)))
+            return {"loss": loss, "image_embeds": image, "text_embeds": text}
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(256, 24, generator=generator), torch.randn(256, 12, generator=generator))
+    loader = torch.utils.data.DataLoader(data, batch_size=64)
+    monitor = BandMonitor(str(tmp_path / "bands.jsonl"), every=2)
+    trainer = lightning.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False,
+                                callbacks=[LightningCallback(monitor)], default_root_dir=str(tmp_path))
+    trainer.fit(DualEncoder(), loader)
+    lines = [json.loads(line) for line in (tmp_path / "bands.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]  # the global step after each optimizer step, every 2nd
+    for line in lines:
+        assert set(line) == {"step", "image", "text"}
+        for name in ("image", "text"):
+            assert line[name]["strong"]["count"] + line[name]["weak"]["count"] + line[name]["noise"]["count"] <= 16
+            assert sum(line[name][band]["energy_share"] for band in ("strong", "weak", "noise")) == pytest.approx(1.0)

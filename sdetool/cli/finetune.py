@@ -61,6 +61,10 @@ DATA_PANEL, TRAINING_PANEL, SDE_PANEL = "Model and data", "Training", "SDE metho
 OPTION_DETAILS = {
     "finetune": {
         "--out": "It holds config.json, the checkpoint, metrics.jsonl and eval.json.",
+        "--gather-features": "Under torchrun each rank embeds its slice of the global batch; the slices are gathered "
+                             "with gradients (as open_clip's gather_with_grad), so the InfoNCE negatives, the batch "
+                             "spectrum and batch normalization see the whole batch, and K ranks train as one process "
+                             "does on the same global batch. --no-gather-features: each rank's loss sees its slice only.",
         "--report-to": "tensorboard: the metrics.jsonl numbers as TensorBoard scalars in OUT/tensorboard/, as they are "
                        "logged (pip install 'sdetool[tensorboard]'; tensorboard --logdir OUT).",
         "--webdataset": "As for extract: brace patterns or lists of tars; one pair per key (image and txt/json caption).",
@@ -160,6 +164,8 @@ def finetune(
                                   rich_help_panel=TRAINING_PANEL),
     report_to: ReportTo = typer.Option(ReportTo.none, "--report-to", help="Also write the metrics for a tracker.",
                                        rich_help_panel=TRAINING_PANEL),
+    gather_features: bool = typer.Option(True, "--gather-features/--no-gather-features", rich_help_panel=TRAINING_PANEL,
+                                         help="torchrun: loss and batch spectrum over the global batch."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints.", min=1,
                                          rich_help_panel=TRAINING_PANEL),
     enhance: bool = typer.Option(True, "--enhance/--no-enhance", rich_help_panel=SDE_PANEL, help="Spectral enhancement."),
@@ -212,7 +218,7 @@ def finetune(
                               train_blocks=train_blocks, freeze_text=freeze_text, head=head.value, head_dim=head_dim,
                               sde=method, device=device, log_every=log_every, checkpoint_every=checkpoint_every,
                               export_embeddings=export_embeddings, resume=resume, overwrite=overwrite,
-                              report_to=report_to.value)
+                              report_to=report_to.value, gather_features=gather_features)
     options.validate()
     if target == TargetKind.head and (images or manifest or webdataset or hf_dataset or data):
         fail("--target head trains on cached pairs (--embeddings); --images, --manifest, --webdataset, --hf-dataset "

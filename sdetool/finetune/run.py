@@ -60,6 +60,7 @@ class FinetuneOptions:
     resume: bool = False
     overwrite: bool = False
     report_to: str = "none"  # "tensorboard": the metrics.jsonl numbers also as TensorBoard scalars (OUT/tensorboard/)
+    gather_features: bool = True  # under torchrun: the loss and batch spectrum see the whole global batch
 
     def validate(self) -> None:
         from sdetool.finetune.targets import TARGETS
@@ -278,8 +279,9 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
     world = current_world()
     device = resolve_device(options.device)
     data = load_data(model, source, embeddings, options)
-    if options.batch_size // world.size < 2:
-        raise BadInputError(f"--batch-size {options.batch_size} leaves fewer than 2 pairs per rank on {world.size} ranks")
+    if options.batch_size // world.size < (1 if options.gather_features else 2):
+        raise BadInputError(f"--batch-size {options.batch_size} leaves too few pairs per rank on {world.size} ranks "
+                            f"(at least {1 if options.gather_features else 2} each)")
     torch.manual_seed(options.seed)
     target = build_target(model, data, options, device)
     data.train.groups(options.positives)  # refuse an impossible --positives before anything is written

@@ -4,6 +4,7 @@
     OUT/checkpoint.safetensors   the latest good training state (model part, optimizer, RNG, step)
     OUT/model.safetensors        the trained weights at the end (trainable part only)
     OUT/metrics.jsonl            one JSON object per logging step
+    OUT/bands.jsonl              the batch bands of each logging step, in sdetool.monitor.BandMonitor's format
     OUT/eval.json                {"before": {...}, "after": {...}}
     OUT/embeddings_before.h5, OUT/embeddings_after.h5   with --export-embeddings
 
@@ -25,6 +26,7 @@ CHECKPOINT = "checkpoint.safetensors"
 PENDING = "checkpoint.next.safetensors"  # written, not yet proven good (see TrainingLoop.save)
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
+BANDS_LOG = "bands.jsonl"
 EVAL = "eval.json"
 STAGES = ("before", "after")
 
@@ -120,28 +122,34 @@ class RunFolder:
             raise BadInputError(f"{self.file(name)}: unreadable ({error})") from None
 
     def append_metrics(self, records: list[dict]) -> None:
+        """Append logged records: the batch bands (``bands``) to bands.jsonl through the band monitor, the rest to
+        metrics.jsonl and the reporters."""
+        from sdetool.monitor import BandMonitor
+
+        bands = [{"step": record["step"], **record.pop("bands")} for record in records if record.get("bands")]
         with open(self.file(METRICS), "a") as handle:
             for record in records:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
+        BandMonitor(self.file(BANDS_LOG)).write(bands)
         for report in self.reporters:  # --report-to: the same records elsewhere (TensorBoard)
             report(records)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop logged records of steps ``last_step`` and later (a resume from checkpoint ``last_step`` replays them)."""
-        path = self.file(METRICS)
-        if not os.path.isfile(path):
-            return
-        kept = []
-        with open(path) as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill: the step is replayed anyway
-                    continue
-                if record.get("step", 0) < last_step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-
-        write_text(path, "".join(kept))
+        for name in (METRICS, BANDS_LOG):
+            path = self.file(name)
+            if not os.path.isfile(path):
+                continue
+            kept = []
+            with open(path) as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by a kill: the step is replayed anyway
+                        continue
+                    if record.get("step", 0) < last_step:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+            write_text(path, "".join(kept))
 
 
 def save_tensors(path: str, tensors: dict, metadata: dict) -> None:

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from sdetool.spectral import spectrum
-from sdetool.spectral.batchspectrum import (NOISE, STRONG, WEAK, BandTracker, BatchSpectrum, SpectrumError, band_shares,
-                                            batch_spectrum, label_batch)
+from sdetool.spectral.batchspectrum import (NOISE, STRONG, WEAK, BandTracker, BatchSpectrum, SpectrumError, band_entry,
+                                            band_shares, batch_spectrum, label_batch)
 
 RAMPS = ("linear", "cosine")
 PERTURBATIONS = ("adversarial", "random")
@@ -304,8 +304,7 @@ def sde_loss(image, text, groups, logit_scale, progress: float, config: SDEConfi
         return loss, terms
     batch, dim = image.shape
     labels = [_batch_labels(tracker, spec, state) for tracker, spec in zip(state.trackers, spectra)]
-    for name, spec, label in zip(("image", "text"), spectra, labels):
-        terms[f"{name}_shares"] = band_shares(spec.energies, label)
+    terms.update(_band_terms(spectra, labels))
     enhanced = [image, text]
     if config.enhance and (weights["alpha"] > 0 or weights["rho"] > 0):
         enhanced, terms["delta_ratio"] = _enhanced(spectra, labels, (image, text), groups, logit_scale, weights, config,
@@ -352,15 +351,20 @@ def observe_bands(image, text, state: SDEState) -> dict[str, list[float]]:
     import torch
 
     with torch.no_grad():
-        shares = {}
-        for name, features, tracker in zip(("image", "text"), (image, text), state.trackers):
-            try:
-                spec = batch_spectrum(features.detach())
-            except SpectrumError:
-                return {}
-            labels = _batch_labels(tracker, spec, state)
-            shares[f"{name}_shares"] = band_shares(spec.energies, labels)
-    return shares
+        try:
+            spectra = [batch_spectrum(features.detach()) for features in (image, text)]
+        except SpectrumError:
+            return {}
+        return _band_terms(spectra, [_batch_labels(t, spec, state) for t, spec in zip(state.trackers, spectra)])
+
+
+def _band_terms(spectra, labels) -> dict:
+    """``<modality>_shares`` for metrics.jsonl and ``bands`` (the band monitor's entries) of both modalities."""
+    entries = {name: band_entry(spec, label) for name, spec, label in zip(("image", "text"), spectra, labels)}
+    terms: dict = {f"{name}_shares": [entry[band]["energy_share"] for band in spectrum.BANDS]
+                   for name, entry in entries.items()}
+    terms["bands"] = entries
+    return terms
 
 
 def _batch_labels(tracker: BandTracker, spec: BatchSpectrum, state: "SDEState") -> np.ndarray:

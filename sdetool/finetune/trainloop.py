@@ -2,9 +2,15 @@
 
 One step (:meth:`TrainingLoop.step`): this rank's rows of the global batch of that step (a seeded
 permutation per epoch, so a resumed run reads the same batches), images decoded ahead by a thread,
-features from the target under autocast, the loss of :mod:`sdetool.finetune.sde`, backward, an all-reduce of
-the gradients under ``torchrun`` (DDP's arithmetic), gradient clipping and an AdamW step with linear
-warm-up and cosine decay.
+features from the target under autocast, the loss of :mod:`sdetool.finetune.sde`, backward, gradient clipping
+and an AdamW step with linear warm-up and cosine decay.
+
+Under ``torchrun`` the trainable modules run inside ``torch.nn.parallel.DistributedDataParallel`` (nccl on CUDA,
+gloo on CPU), each rank embedding a contiguous slice of the global batch. With ``gather_features`` (the
+default) the slices are gathered with gradients before the loss and batch normalization uses the global
+batch's statistics (:mod:`sdetool.runtime.distributed`), so every rank computes the loss one process computes
+on the same global batch and DDP's averaged gradient is that process's gradient. Without it each rank's loss
+sees its own slice only (its negatives, its batch spectrum), and the gradients are averaged.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class TrainingLoop:
         self.device = device
         self.method = options.method
         self.groups = torch.from_numpy(data.train.groups(options.positives)).to(device)
+        self.gather = bool(options.gather_features) and world.distributed
+        self.model = self._parallel(target, world, device)
         self.optimizer = torch.optim.AdamW(target.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
         self.state = SDEState.create(self.method, options.seed)
         self.scaler = torch.amp.GradScaler(enabled=options.precision == "fp16" and device.startswith("cuda"))
@@ -68,6 +76,35 @@ class TrainingLoop:
         self.pending: int | None = None
         self._prefetcher = None
         self._next = None
+
+    def _parallel(self, target, world, device: str):
+        """The target's modules as one module, inside DistributedDataParallel under ``torchrun``."""
+        import torch
+        from torch import nn
+
+        from sdetool.runtime.distributed import synchronize_batchnorm
+
+        class Features(nn.Module):
+            """Runs ``target.features``; holds every trainable tensor, the temperature included, for DDP."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.parts = nn.ModuleDict(target.modules)
+                held = {id(p) for p in self.parts.parameters()}
+                if id(target.logit_scale) not in held:
+                    self.logit_scale = target.logit_scale
+
+            def forward(self, pairs, rows, inputs):
+                return target.features(pairs, rows, inputs)
+
+        if self.gather:
+            for name, module in list(target.modules.items()):
+                target.modules[name] = synchronize_batchnorm(module, world)
+        model = Features()
+        if not world.distributed:
+            return model
+        devices = [torch.device(device)] if device.startswith("cuda") else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=devices)
 
     # -- checkpoints --
 
@@ -157,10 +194,15 @@ class TrainingLoop:
 
     # -- one step --
 
+    def global_rows(self, step: int) -> np.ndarray:
+        return batch_rows(step, len(self.data.train), self.options.batch_size, self.options.seed)
+
     def rows(self, step: int) -> np.ndarray:
-        """This rank's share of the global batch of ``step``."""
-        rows = batch_rows(step, len(self.data.train), self.options.batch_size, self.options.seed)
-        return rows[self.world.rank::self.world.size]
+        """This rank's share of the global batch of ``step``: a contiguous slice, so rank order is row order."""
+        from sdetool.runtime.distributed import rank_slices
+
+        rows = self.global_rows(step)
+        return rows[rank_slices(len(rows), self.world.size)[self.world.rank]]
 
     def inputs(self, step: int):
         """The decoded inputs of ``step``, prepared by a background thread while the previous step ran."""
@@ -186,7 +228,13 @@ class TrainingLoop:
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         dtype = getattr(torch, PRECISIONS[options.precision])
         with torch.autocast(device_type, dtype=dtype, enabled=options.precision != "fp32"):
-            image, text = self.target.features(self.data.train, rows, inputs)
+            image, text = self.model(self.data.train, rows, inputs)
+        if self.gather:  # the whole global batch, in its order, on every rank
+            from sdetool.runtime.distributed import gather_rows, rank_slices
+
+            rows = self.global_rows(step)
+            counts = [part.stop - part.start for part in rank_slices(len(rows), self.world.size)]
+            image, text = gather_rows(image, counts, self.world), gather_rows(text, counts, self.world)
         loss, terms = sde_loss(image, text, self.groups[rows], self.target.logit_scale, step / options.steps,
                                self.method, self.state)
         if not self._all_finite(math.isfinite(terms["loss"])):  # every rank stops on any rank's NaN
@@ -194,9 +242,10 @@ class TrainingLoop:
         self.promote()  # the state this step started from gave a finite loss
         if "image_shares" not in terms and self.logging(step):
             terms.update(observe_bands(image, text, self.state))
+        if not self.logging(step):
+            terms.pop("bands", None)  # bands.jsonl holds the logging steps, as metrics.jsonl does
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self._average_gradients()  # inf gradients of an fp16 scaler step are skipped by the scaler, on every rank
+        self.scaler.scale(loss).backward()  # DDP averages the gradients over ranks (an fp16 inf step: skipped everywhere)
         self.scaler.unscale_(self.optimizer)
         if options.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.target.parameters(), options.clip_grad)
@@ -229,23 +278,6 @@ class TrainingLoop:
         flag = torch.tensor([0.0 if finite else 1.0])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() == 0)
-
-    def _average_gradients(self) -> None:
-        """All-reduce the gradients: their mean over ranks (DDP's arithmetic)."""
-        if not self.world.distributed:
-            return
-        import torch
-        import torch.distributed as dist
-
-        params = [p for p in self.target.parameters() if p.grad is not None]
-        flat = torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in params])
-        dist.all_reduce(flat)
-        flat /= self.world.size
-        offset = 0
-        for p in params:
-            count = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + count].reshape(p.grad.shape).to(p.grad.device, p.grad.dtype))
-            offset += count
 
     def _stop_requested(self, stop: list) -> bool:
         """Whether any rank was interrupted: every rank must stop after the same step."""

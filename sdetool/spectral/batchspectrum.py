@@ -204,3 +204,15 @@ def band_shares(energies, labels) -> list[float]:
     """Energy share of the strong, weak and noise bands of one batch (power energy)."""
     values = energies.detach().double().cpu().numpy()
     return [float(x) for x in spectrum.energy_shares(np.sqrt(np.clip(values, 0, None)), np.asarray(labels))]
+
+
+def band_entry(spec: BatchSpectrum, labels) -> dict:
+    """One batch's bands as the monitor records them: per band its count and energy share, and the effective rank."""
+    from sdetool.spectral import metrics
+
+    shares = band_shares(spec.energies, labels)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(spectrum.BANDS))
+    entry: dict = {band: {"count": int(counts[i]), "energy_share": float(shares[i])}
+                   for i, band in enumerate(spectrum.BANDS)}
+    entry["effective_rank"] = float(metrics.effective_rank(spec.singular_values))
+    return entry

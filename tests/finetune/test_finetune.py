@@ -4,8 +4,7 @@ Head runs train on a small store written with :func:`sdetool.io.store.write_set`
 repeating every 40 rows so that positive groups matter); the run folder is checked through the library
 (``analyze`` on the exported embeddings, the heads of ``model.safetensors`` applied to the cached rows).
 Resumption is checked against an uninterrupted run, after an in-process Ctrl-C and after a real SIGINT
-of the CLI. The built-in LiT model, a tiny random CLIP and ``torchrun`` with two CPU ranks run a few
-steps each. Torch runs on one thread in this process and in the subprocesses (the machine is shared).
+of the CLI. The built-in LiT model and a tiny random CLIP run a few steps each (``torchrun``: test_distributed.py). Torch runs on one thread in this process and in the subprocesses (the machine is shared).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ import torch
 from cli_helpers import assert_error as _assert_error
 from cli_helpers import assert_ok as _assert_ok
 from cli_helpers import invoke as _invoke
-from extract_fixtures import build_tiny_clip, image_folder
+from extract_fixtures import build_tiny_clip, image_folder, write_pairs
 from safetensors.torch import load_file
 
 from sdetool import __version__
@@ -80,15 +78,7 @@ def _env():
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """400 pairs: text row i is text ``i mod 40``; image i a noisy linear map of its text."""
-    rng = np.random.default_rng(0)
-    distinct = rng.normal(size=(N_TEXTS, DIM)).astype(np.float32)
-    text = distinct[np.arange(N_PAIRS) % N_TEXTS]
-    image = (0.3 * text @ rng.normal(size=(DIM, DIM)) + rng.normal(size=(N_PAIRS, DIM))).astype(np.float32)
-    ids = [f"pair-{i:04d}" for i in range(N_PAIRS)]
-    path = str(tmp_path_factory.mktemp("pairs") / "pairs.h5")
-    store.write_set(path, "image", image, ids=ids, mode="w")
-    store.write_set(path, "text", text, ids=ids)
-    return {"path": path, "image": image, "text": text, "ids": ids}
+    return write_pairs(str(tmp_path_factory.mktemp("pairs") / "pairs.h5"), N_PAIRS, DIM, N_TEXTS)
 
 
 def _head(store_path, out, *extra):
@@ -624,61 +614,6 @@ def test_hf_target_trains_only_the_top(tiny_clip, captioned, tmp_path):
     evaluation = _json(out, "eval.json")
     assert evaluation["before"]["pairs"] == evaluation["after"]["pairs"] >= 2
     assert "zero_shot_accuracy" not in evaluation["after"]  # a caption folder has no classes
-
-
-# --- torchrun -----------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _kill_tree(process) -> None:
-    """SIGKILL a launcher and its descendants (torchrun starts each rank in a session of its own)."""
-    import psutil
-
-    try:
-        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for member in family:
-        try:
-            member.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=30)
-    process.communicate(timeout=30)
-
-
-@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                    reason="torch.distributed with gloo is not available")
-def test_torchrun_two_ranks_write_one_run_folder(pairs, tmp_path):
-    out = str(tmp_path / "run")
-    summary = tmp_path / "result.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "sdetool",
-               *map(str, _head(pairs["path"], out, "--steps", 4, "--json", summary))]
-    process = subprocess.Popen(command, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        _, stderr = process.communicate(timeout=35)  # about 10 s when it works
-    except subprocess.TimeoutExpired:
-        stuck = sorted(os.listdir(out)) if os.path.isdir(out) else []
-        _kill_tree(process)
-        pytest.fail(f"torchrun still running after 35 s; the run folder holds {stuck}")
-    assert process.returncode == 0, stderr[-3000:]
-    assert sorted(os.listdir(tmp_path)) == ["result.json", "run"]
-    document = json.loads(summary.read_text())  # written once, by rank 0
-    assert document["status"] == "trained" and document["steps"] == 4 and document["device"] == "cpu", document
-    assert [r["step"] for r in _records(out)] == [0, 1, 2, 3]  # logged once, not once per rank
-    assert read_metadata(os.path.join(out, "checkpoint.safetensors"))["finished"] is True
-    weights = load_file(os.path.join(out, "model.safetensors"))
-    assert all(torch.isfinite(t).all() for t in weights.values())
-    assert not torch.equal(weights["image_head.weight"], torch.eye(DIM))
-    assert set(_json(out, "eval.json")) == {"before", "after"}
-    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
 
 
 # --- review fixes ------------------------------------------------------------------------------------

@@ -608,7 +608,7 @@ def test_sde_loss_is_the_sum_of_its_terms():
     ({"snr_weight": 0.0}, {"snr"}),
     ({"enhance": False}, {"delta_ratio"}),
     ({"enhance": False, "hellinger_weight": 0.0, "subspace_weight": 0.0, "snr_weight": 0.0},
-     {"hellinger2", "subspace", "snr", "delta_ratio", "image_shares", "text_shares"}),
+     {"hellinger2", "subspace", "snr", "delta_ratio", "image_shares", "text_shares", "bands"}),
 ])
 def test_each_switch_removes_its_term(switch, removed):
     b, d = 40, 12
