@@ -13,6 +13,10 @@ class BadStoreError(BadInputError):
     """An HDF5 file is unreadable, truncated or does not follow the sdetool store layout."""
 
 
+class NewerVersionError(BadStoreError):
+    """A store or report written by a newer sdetool, in a major version this one does not read."""
+
+
 class UnknownKeyError(BadInputError, KeyError):
     """A requested embedding set (key) is not in the input; the message lists the keys found."""
 

@@ -17,7 +17,7 @@ from sdetool.errors import BadInputError
 from sdetool.io.arrays import array_inputs, is_array_input
 from sdetool.io.sources import dtype_name, iter_blocks, open_inputs, prefetch
 from sdetool.runtime.devices import describe, resolve_device
-from sdetool.runtime.distributed import World, all_reduce_state, current_world
+from sdetool.runtime.distributed import World, all_reduce_state, current_world, on_main
 from sdetool.spectral import bands, metrics, spectrum
 from sdetool.spectral.gram import GramAccumulator, GramState
 from sdetool.spectral.scaling import SubsetAccumulators, check_sizes, scale_entries
@@ -55,7 +55,7 @@ def _selection(n_rows: int, options: AnalysisOptions) -> np.ndarray | None:
     return np.sort(rng.choice(n_rows, size=options.sample, replace=False)).astype(np.int64)
 
 
-def make_accumulator(dim: int, options: AnalysisOptions, device: str, keep_rows: bool):
+def make_accumulator(dim: int, options: AnalysisOptions, device: str, keep_rows: bool, capacity: int = 0):
     """The accumulator for ``device``: numpy on ``cpu``, torch elsewhere (kept rows stay on the host).
 
     Jackknife blocks (``--bootstrap``) are kept by the numpy accumulator only.
@@ -63,7 +63,7 @@ def make_accumulator(dim: int, options: AnalysisOptions, device: str, keep_rows:
     common = {"l2": options.l2, "drop_nonfinite": options.drop_nonfinite, "sample_rows": options.sample_rows(dim),
               "seed": options.seed}
     if device == "cpu" or keep_rows or options.bootstrap:
-        return GramAccumulator(dim=dim, keep_rows=keep_rows, blocks=options.bootstrap or 0, **common)
+        return GramAccumulator(dim=dim, row_space=keep_rows, blocks=options.bootstrap or 0, capacity=capacity, **common)
     from sdetool.spectral.gram_torch import TorchGramAccumulator
 
     return TorchGramAccumulator(dim, device.removeprefix("torch:"), **common)
@@ -89,7 +89,8 @@ def stream_state(
     offsets = np.concatenate([[0], np.cumsum([s.shape[0] for s in shards])]).astype(np.int64)
     selection = _selection(int(offsets[-1]), options)
     mine = world.my_share(len(shards))
-    accumulator = make_accumulator(dim, options, device, keep_rows)
+    rows_here = int(selection.size if selection is not None else sum(shards[i].shape[0] for i in mine))
+    accumulator = make_accumulator(dim, options, device, keep_rows, capacity=rows_here if keep_rows else 0)
     subsets = None
     if options.scale:
         subsets = SubsetAccumulators(int(offsets[-1]), dim, options, selection, keep_rows=not world.distributed)
@@ -105,6 +106,44 @@ def stream_state(
         progress.finish()
     states = subsets.states() if subsets is not None else {}
     return all_reduce_state(accumulator.finalize(), world), {k: all_reduce_state(v, world) for k, v in states.items()}
+
+
+def check_memory(label: str, n: int, dim: int, row_space: bool, options: AnalysisOptions, vectors: bool,
+                 ranks: int = 1) -> None:
+    """Refuse, before reading, an analysis whose path (chosen from the shape) cannot fit in memory, with the
+    numbers: what it needs, what is available, and what would fit. Under torchrun rank 0 decides for all (its
+    node's memory shared by the ranks on it)."""
+    import os
+
+    from sdetool.runtime.memory import LIMIT_VARIABLE, available_memory, size_text
+    from sdetool.spectral.gram import largest_rows_fitting, memory_needed
+
+    plan = {"blocks": options.bootstrap or 0, "vectors": vectors, "block_rows": _block_rows(options, dim)}
+    need = memory_needed(n, dim, row_space=row_space, **plan)
+    room = available_memory()
+    if room is None:
+        return
+    room //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)) if ranks > 1 else 1
+    if need <= room:
+        return
+    distributed = ranks > 1
+    fitting = 0 if distributed else largest_rows_fitting(dim, room, **plan)
+    reading = 2 * min(plan["block_rows"], n) * dim * 8
+    if row_space:
+        what = f"the row-space analysis of {n:,} x {dim:,} rows (n <= d: the rows and their SVD)"
+    else:
+        what = f"the {dim:,} x {dim:,} float64 Gram of a {n:,} x {dim:,} set (d x d, whatever n)"
+    if reading > need / 2:
+        advice = f"most of it is the read buffer: a smaller --block-rows (now {plan['block_rows']:,} rows) fits"
+    elif fitting:
+        advice = (f"--sample {fitting:,} (or fewer) analyzes that many rows in the row space, which fits"
+                  + ("; --bootstrap adds a copy of the rows" if plan["blocks"] else ""))
+    elif distributed:
+        advice = "under torchrun every rank holds the d x d Gram: run one process (n <= d uses the rows) or a larger machine"
+    else:
+        advice = f"not even 2 rows of width {dim:,} fit: use fewer dimensions or a machine with more memory"
+    raise BadInputError(f"{label}: {what} needs about {size_text(need)}, but about {size_text(room)} is available; "
+                        f"{advice} ({LIMIT_VARIABLE}=SIZE overrides the memory found)")
 
 
 def cross_analysis(first: SetAnalysis, second: SetAnalysis, top_k: int) -> CrossAnalysis:
@@ -295,7 +334,9 @@ def _analyze_set(key: str, shards, options: AnalysisOptions, world: World, progr
     if n_rows < 1:
         raise BadInputError(f"{label}: has n = 0 rows; there is nothing to analyze")
     n_selected = min(n_rows, options.sample or n_rows)
-    keep_rows = n_selected <= dim and not world.distributed  # small: a direct SVD on the host
+    keep_rows = n_selected <= dim and not world.distributed  # wide: the row space, a direct SVD on the host
+    on_main(world, lambda: check_memory(label, n_selected, dim, keep_rows, options,
+                                        vectors=options.null == "ddpa" or keep_vectors > 0, ranks=world.size))
     device = "cpu" if keep_rows or options.bootstrap else resolve_device(options.device, n_selected, dim)
     state, subsets = stream_state(shards, options, world=world, progress=progress, label=label,
                                   keep_rows=keep_rows, device=device)

@@ -138,12 +138,51 @@ def _known(skeleton, parts: list[str]) -> bool:
     return False
 
 
+def _skeleton_paths(skeleton, parts: list[str], prefix: tuple = ()) -> list[str]:
+    """Every path a document shaped like ``skeleton`` can hold, a free name (``ANY``, ``INDEX``) taking the
+    user's own word at that position (or ``0``), so that a typo elsewhere can be matched whole."""
+    if skeleton is None or not isinstance(skeleton, dict):
+        return [".".join(prefix)] if prefix else []
+    found = [".".join(prefix)] if prefix else []
+    for key, child in skeleton.items():
+        if key in (ANY, INDEX):
+            word = parts[len(prefix)] if len(prefix) < len(parts) else "0"
+            if key == INDEX and not word.lstrip("-").isdigit():
+                word = "0"
+            key = word
+        found += _skeleton_paths(child, parts, prefix + (key,))
+    return found
+
+
+def _document_paths(node, prefix: tuple = (), depth: int = 6) -> list[str]:
+    """Every dotted path of a JSON document (list items by position), down to ``depth`` levels."""
+    found = [".".join(prefix)] if prefix else []
+    if depth and isinstance(node, dict):
+        for key, child in node.items():
+            found += _document_paths(child, prefix + (str(key),), depth - 1)
+    elif depth and isinstance(node, list):
+        for position, child in enumerate(node[:8]):
+            found += _document_paths(child, prefix + (str(position),), depth - 1)
+    return found
+
+
+def suggestion(path: str, candidates: list[str]) -> str:
+    """``; did you mean bands.noise.energy_share?`` for the nearest known path, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(path, sorted(set(candidates)), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def check_paths(checks: list[Check], skeleton: dict) -> None:
     """Refuse, before any work, a check whose path no report can have (a typo costs no run)."""
     for check in checks:
-        if not _known(skeleton, check.path.split(".")):
+        parts = check.path.split(".")
+        if not _known(skeleton, parts):
             roots = ", ".join(key for key in skeleton if key not in (ANY, INDEX))
-            raise BadInputError(f"--fail-if {check.text!r}: a report has no value at {check.path!r}; top-level keys: {roots}")
+            hint = suggestion(check.path, [p for p in _skeleton_paths(skeleton, parts) if _known(skeleton, p.split("."))])
+            raise BadInputError(f"--fail-if {check.text!r}: a report has no value at {check.path!r}{hint} "
+                                f"(top-level keys: {roots})")
 
 
 def evaluate(checks: list[Check], document: dict) -> list[CheckResult]:
@@ -169,5 +208,7 @@ def evaluate(checks: list[Check], document: dict) -> list[CheckResult]:
                 results.append(_judge(check, key, value))
         if not found:
             keys = ", ".join(document) if isinstance(document, dict) else "none"
-            raise BadInputError(f"--fail-if {check.text!r}: no value at {check.path!r}; top-level keys: {keys}")
+            candidates = _document_paths(document) + [p for entry in (sets or {}).values() for p in _document_paths(entry)]
+            raise BadInputError(f"--fail-if {check.text!r}: no value at {check.path!r}{suggestion(check.path, candidates)} "
+                                f"(top-level keys: {keys})")
     return results

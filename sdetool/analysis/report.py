@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sdetool import __version__
+from sdetool.io import versions
 from sdetool.spectral import spectrum
 
-SCHEMA = "sdetool.analysis/1"
+SCHEMA = versions.schema("analysis")
 
 
 def _clean(value):
@@ -65,7 +66,7 @@ class SetAnalysis:
     @property
     def notes(self) -> list[str]:
         """Why the set is degenerate and why each null value of its report could not be computed."""
-        return [*_input_notes(self), *_sample_notes(self), *([self.partition.note] if self.partition.note else []),
+        return [*_input_notes(self), *_quantized_notes(self), *_sample_notes(self), *([self.partition.note] if self.partition.note else []),
                 *_fit_notes(self.partition), *_metric_notes(self), *_view_notes(self)]
 
     def _interval(self, name: str):
@@ -209,6 +210,14 @@ def _fit_notes(part: spectrum.SpectralPartition) -> list[str]:
     return [f"the noise bulk does not follow one Marchenko-Pastur law (Kolmogorov-Smirnov distance {ks:.3f} > "
             f"{part.mp_ks_limit:.3g}): the columns' variances differ or the noise is not white, which the "
             f"single-sigma mp null reads as signal"]
+
+
+def _quantized_notes(result: SetAnalysis) -> list[str]:
+    """Integer (quantized) embeddings are analyzed as their integer values, widened exactly to float64."""
+    if not str(result.dtype).startswith(("int", "uint")):
+        return []
+    return [f"quantized embeddings ({result.dtype}): analyzed as their integer values, widened exactly to float64; "
+            "rounding to integer steps adds noise of about 0.29 step per entry (1/sqrt(12)), part of the noise band"]
 
 
 def _sample_notes(result: SetAnalysis) -> list[str]:

@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sdetool import __version__
-from sdetool.errors import BadInputError, SdetoolError
+from sdetool.errors import BadInputError, NewerVersionError, SdetoolError
 from sdetool.extract.data.items import ItemSource
 from sdetool.extract.loading import ImageDataset, collate, plan_pipeline
 from sdetool.io.checkpoint import Chunk, WorkFolder
+from sdetool.io.locks import OutputLock
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 STORE_DTYPES = ("float32", "float16")
@@ -72,6 +73,8 @@ class ExtractResult:
     model: str = ""
     data: str = ""
     notes: list = field(default_factory=list)
+    failures: dict = field(default_factory=dict)  # per set, the first FIRST_FAILURES {"id", "reason"} records
+    failures_in: dict = field(default_factory=dict)  # per set with failures, where all of them are: "out.h5:/key/failed"
 
     @property
     def items_per_second(self) -> float:
@@ -296,6 +299,8 @@ def _preflight(out: str, config: dict, options: ExtractOptions) -> tuple[str, in
     if os.path.exists(out) and not options.overwrite:
         try:
             previous = json.loads(store.read_root_attrs(out).get("extract_config", "null") or "null")
+        except NewerVersionError:
+            raise  # a newer sdetool's store: not "not written by sdetool extract"
         except (SdetoolError, json.JSONDecodeError):
             previous = None
         if previous is None:
@@ -342,7 +347,27 @@ def _assemble(out: str, folder: WorkFolder, source: ItemSource, keys: list[str],
         raise BadInputError(f"--out {out}: cannot write the store ({str(error).splitlines()[0]}); the finished "
                             f"chunks stay in {folder.path}") from None
     folder.remove()
-    return rows, {key: len(failures.get(key, [])) for key in keys}
+    return rows, {key: failures.get(key, []) for key in keys}
+
+
+FIRST_FAILURES = 5
+
+
+def _assembled(out: str, folder: WorkFolder, source: ItemSource, keys: list[str], encoder, config: dict,
+               attrs: dict) -> tuple[dict, dict]:
+    """:func:`_assemble`, with the failures cut to what the result shows (all of them stay in the store)."""
+    rows, failures = _assemble(out, folder, source, keys, encoder, config, attrs)
+    return rows, failure_details(out, failures)
+
+
+def failure_details(out: str, failures: dict) -> dict:
+    """``failures`` (set -> [(id, reason)]) as the result's ``failed`` counts, first records and their location."""
+    from sdetool.io.store import FAILED
+
+    return {"failed": {key: len(records) for key, records in failures.items()},
+            "failures": {key: [{"id": str(i), "reason": str(r)} for i, r in records[:FIRST_FAILURES]]
+                         for key, records in failures.items() if records},
+            "failures_in": {key: f"{out}:/{key}/{FAILED}" for key, records in failures.items() if records}}
 
 
 def _write_store(out: str, folder: WorkFolder, source: ItemSource, keys: list[str], dim: int, config: dict,
@@ -424,13 +449,25 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     UnknownModelError
         A model spec no backend can load.
     """
-    from sdetool.extract.models import load_model
-    from sdetool.runtime.distributed import current_world, on_every_rank, on_main
+    from sdetool.runtime.distributed import current_world, on_main
 
     options.validate()
     progress = progress or Progress()
     started = time.perf_counter()
     world = current_world()
+    lock = OutputLock(out)  # one writer of out, refused before anything loads (rank 0 holds it for the job)
+    on_main(world, lambda: lock.acquire() and None)
+    try:
+        return _extract_locked(model, source, out, options, progress, world, started)
+    finally:
+        lock.release()
+
+
+def _extract_locked(model: str, source: ItemSource, out: str, options: ExtractOptions, progress: Progress, world,
+                    started: float) -> ExtractResult:
+    from sdetool.extract.models import load_model
+    from sdetool.runtime.distributed import on_every_rank, on_main
+
     device = resolve_torch_device(options.device, int(os.environ.get("LOCAL_RANK", "0") or 0))
     encoder = load_model(model, allow_missing_weights=options.allow_missing_weights)
     keys, notes = _modalities(encoder, source, options.tokens)
@@ -454,9 +491,9 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
         on_every_rank(world, lambda: ran.extend(_embed_chunks(embedder, source, keys, mine, folder, world.size, progress)))
     finally:
         progress.finish()
-    rows, failed = on_main(world, lambda: _assemble(out, folder, source, keys, encoder, config,
-                                                    _provenance(encoder, source, options, device)))
-    return ExtractResult(path=out, status="written", items=len(source), rows=rows, failed=failed,
+    rows, details = on_main(world, lambda: _assembled(out, folder, source, keys, encoder, config,
+                                                      _provenance(encoder, source, options, device)))
+    return ExtractResult(path=out, status="written", items=len(source), rows=rows, **details,
                          dims={key: encoder.dim for key in keys}, resumed_items=resumed,
                          seconds=time.perf_counter() - started, device=device, model=encoder.spec,
                          data=source.location, notes=notes + source.notes + ran)
@@ -467,7 +504,8 @@ def _existing(out: str, source: ItemSource, keys: list[str], encoder, notes: lis
 
     matrices = store.open_matrices(out)
     rows = {key: matrices[key].shape[0] for key in keys}
-    failed = {key: len(store.read_failed(out, key)) for key in keys}
-    return ExtractResult(path=out, status="already complete", items=len(source), rows=rows, failed=failed,
+    failures = {key: store.read_failed(out, key) for key in keys}
+    return ExtractResult(path=out, status="already complete", items=len(source), rows=rows,
+                         **failure_details(out, failures),
                          dims={key: encoder.dim for key in keys}, resumed_items=len(source), model=encoder.spec,
                          data=source.location, notes=notes + ["nothing to do: the output is complete"])

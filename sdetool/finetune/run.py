@@ -24,6 +24,7 @@ from sdetool.finetune.reporting import REPORT_TO, check_tensorboard, tensorboard
 from sdetool.finetune.runfolder import EVAL, SCHEMA, WEIGHTS, RunFolder, exported_store
 from sdetool.finetune.sde import SDEConfig
 from sdetool.finetune.trainloop import PRECISIONS, TrainingLoop, batch_rows, learning_rate_factor
+from sdetool.io.locks import OutputLock
 
 LOSSES = ("sde", "infonce")
 __all__ = ["FinetuneOptions", "FinetuneResult", "Progress", "TrainingLoop", "finetune", "evaluate", "batch_rows",
@@ -270,16 +271,28 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
     TrainingInterrupted
         Ctrl-C; a resumable checkpoint was saved first.
     """
-    import torch
-
     from sdetool.runtime.distributed import current_world, on_main
 
     options.validate()
     started = time.perf_counter()
     world = current_world()
+    lock = OutputLock(out, create_folder=True)  # one writer of the run folder, refused before anything loads
+    on_main(world, lambda: lock.acquire() and None)
+    try:
+        return _finetune_locked(out, options, model, source, embeddings, progress, world, started)
+    finally:
+        lock.release()
+
+
+def _finetune_locked(out: str, options: FinetuneOptions, model, source, embeddings, progress, world,
+                     started: float) -> FinetuneResult:
+    import torch
+
+    from sdetool.runtime.distributed import on_main
+
     device = resolve_device(options.device)
     data = load_data(model, source, embeddings, options)
-    if options.batch_size // world.size < (1 if options.gather_features else 2):
+    if min(options.batch_size, len(data.train)) // world.size < (1 if options.gather_features else 2):
         raise BadInputError(f"--batch-size {options.batch_size} leaves too few pairs per rank on {world.size} ranks "
                             f"(at least {1 if options.gather_features else 2} each)")
     torch.manual_seed(options.seed)

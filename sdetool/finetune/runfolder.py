@@ -19,6 +19,7 @@ import os
 import shutil
 
 from sdetool.errors import BadInputError
+from sdetool.io import versions
 from sdetool.io.atomic import atomic_path, write_text
 
 CONFIG = "config.json"
@@ -36,12 +37,19 @@ def exported_store(stage: str) -> str:
     return f"embeddings_{stage}.h5"
 
 
-SCHEMA = "sdetool.finetune/1"
+SCHEMA = versions.schema("finetune")
 # Options a resume may change (after a NaN, say); config.json records each change and its step.
 # What a resume may change: the learning rate, and where the cached pairs are (a store moved with its
 # run folder: its path and the description naming it); the pairs themselves are pinned by
 # data_fingerprint, which must not change.
 RESUME_MAY_CHANGE = ("learning_rate", "embeddings", "data")
+# Options added after runs were made, with the value those runs had: an older run's config lacks them.
+ADDED_OPTIONS = {"gather_features": True}
+
+
+def with_added_options(training: dict) -> dict:
+    """A saved training configuration with the options it predates, at the values it ran with."""
+    return {**ADDED_OPTIONS, **training}
 
 
 def write_json(path: str, value) -> None:
@@ -98,7 +106,7 @@ class RunFolder:
             write_json(self.file(CONFIG), config)
             return None
         saved = self.read_json(CONFIG)
-        training = dict(saved.get("training", {}))
+        training = with_added_options(dict(saved.get("training", {})))
         changed = {name: (training.get(name), config["training"][name]) for name in RESUME_MAY_CHANGE
                    if training.get(name) != config["training"][name]}
         training.update({name: new for name, (_, new) in changed.items()})
@@ -115,6 +123,13 @@ class RunFolder:
         return metadata
 
     def read_json(self, name: str) -> dict:
+        """A JSON file of the run (a newer sdetool's schema refused)."""
+        document = self._read_json(name)
+        if isinstance(document, dict):
+            versions.check_schema(document, self.file(name))
+        return document
+
+    def _read_json(self, name: str) -> dict:
         try:
             with open(self.file(name)) as handle:
                 return json.load(handle)

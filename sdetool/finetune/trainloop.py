@@ -181,9 +181,9 @@ class TrainingLoop:
 
     def _check(self, metadata: dict, path: str) -> None:
         """Refuse a checkpoint made by another configuration or another number of ranks."""
-        from sdetool.finetune.runfolder import RESUME_MAY_CHANGE, config_difference
+        from sdetool.finetune.runfolder import RESUME_MAY_CHANGE, config_difference, with_added_options
 
-        saved = {k: v for k, v in metadata.get("training", {}).items() if k not in RESUME_MAY_CHANGE}
+        saved = {k: v for k, v in with_added_options(metadata.get("training", {})).items() if k not in RESUME_MAY_CHANGE}
         wanted = {k: v for k, v in self.options.training_config().items() if k not in RESUME_MAY_CHANGE}
         difference = config_difference(saved, wanted)
         if metadata.get("world_size", 1) != self.world.size:

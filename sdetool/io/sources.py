@@ -34,6 +34,8 @@ import numpy as np
 from sdetool.errors import BadInputError, BadStoreError, UnknownKeyError
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+QUANTIZED_DTYPES = ("int8", "uint8")  # sentence-transformers' quantize_embeddings "int8" / "uint8": read as integers
+PACKED_PRECISIONS = ("binary", "ubinary")  # quantize_embeddings' packed bits: 8 dimensions per byte
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 SUFFIXES = HDF5_SUFFIXES + (".npy", ".npz", ".pt", ".pth", ".safetensors")
 DEFAULT_KEY = "embeddings"
@@ -105,7 +107,8 @@ def _to_numpy(block) -> np.ndarray:
 def dtype_name(dtype) -> str:
     """``float32``-style name of a numpy, torch or safetensors dtype."""
     text = str(dtype).replace("torch.", "")
-    return {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}.get(text, text)
+    return {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8",
+            "U8": "uint8"}.get(text, text)
 
 
 # --- opening -------------------------------------------------------------------------------------
@@ -245,9 +248,16 @@ def _validate(matrix) -> None:
     shape, kind = matrix.shape, dtype_name(matrix.dtype)
     if len(shape) != 2:
         raise BadInputError(f"{matrix.label}: is {len(shape)}-D with shape {shape}; expected a 2-D (n, d) matrix")
-    if kind not in FLOAT_DTYPES:
+    packed = next((str(matrix.attrs.get(name)) for name in ("precision", "quantization")
+                   if str(matrix.attrs.get(name, "")).lower() in PACKED_PRECISIONS), None)
+    if packed is not None:
+        raise BadInputError(f"{matrix.label}: packed binary embeddings (precision {packed!r}: 8 dimensions per byte) are "
+                            "out of scope: a byte is not a coordinate, so its spectrum means nothing; unpack the bits "
+                            "first (numpy.unpackbits) to analyze them as 0/1 values")
+    if kind not in FLOAT_DTYPES + QUANTIZED_DTYPES:
         raise BadInputError(
-            f"{matrix.label}: has dtype {kind}; expected floating-point embeddings ({', '.join(FLOAT_DTYPES)})"
+            f"{matrix.label}: has dtype {kind}; expected floating-point embeddings ({', '.join(FLOAT_DTYPES)}) or "
+            f"quantized ones ({', '.join(QUANTIZED_DTYPES)})"
         )
     if shape[1] == 0:
         raise BadInputError(f"{matrix.label}: has d = 0 columns; expected at least 1 dimension")

@@ -23,11 +23,12 @@ import h5py
 import numpy as np
 
 from sdetool import __version__
-from sdetool.errors import BadStoreError, UnknownKeyError
+from sdetool.errors import BadInputError, BadStoreError, NewerVersionError, UnknownKeyError
 from sdetool.io.atomic import atomic_path
+from sdetool.io.versions import STORE_FORMAT_VERSION, check_store_version
 
 FORMAT = "sdetool-embeddings"
-FORMAT_VERSION = 1
+FORMAT_VERSION = STORE_FORMAT_VERSION
 EMBEDDINGS = "embeddings"
 IDS = "ids"
 TOKENS = "tokens"
@@ -50,9 +51,20 @@ def open_file(path: str) -> h5py.File:
     if not h5py.is_hdf5(path):
         raise BadStoreError(f"{path}: not an HDF5 file (no HDF5 signature)")
     try:
-        return h5py.File(path, "r")
+        handle = h5py.File(path, "r")
     except OSError as error:
         raise BadStoreError(f"{path}: cannot open HDF5 file (truncated or damaged?): {_short(error)}") from None
+    try:
+        if _decode(handle.attrs.get("format", FORMAT)) == FORMAT:  # another tool's own format_version is its business
+            check_store_version(handle.attrs, path)
+    except NewerVersionError:
+        handle.close()
+        raise
+    except (BadInputError, OSError, RuntimeError) as error:  # an unreadable version, damaged attributes
+        handle.close()
+        raise BadStoreError(str(error) if isinstance(error, BadInputError) else
+                            f"{path}: cannot read the root attributes (damaged?): {_short(error)}") from None
+    return handle
 
 
 def _short(error: BaseException) -> str:
@@ -156,7 +168,7 @@ def _describe(handle: h5py.File, path: str, dataset_path: str, key: str, attrs: 
         key=key,
         shape=tuple(int(x) for x in data.shape),
         dtype=data.dtype,
-        attrs={name: _decode(value) for name, value in attrs.items()},
+        attrs={name: _decode(value) for name, value in {**data.attrs, **attrs}.items()},  # the set's over the dataset's
         chunk_rows=int(data.chunks[0]) if data.chunks else None,
     )
 

@@ -27,10 +27,12 @@ from sdetool import __version__
 from sdetool.errors import BadInputError
 from sdetool.finetune.evaluation import recall_order
 from sdetool.finetune.runfolder import STAGES, exported_store
+from sdetool.io import versions
+from sdetool.io.versions import check_schema
 from sdetool.spectral import metrics
 from sdetool.spectral.spectrum import BANDS
 
-SCHEMA = "sdetool.compare/1"
+SCHEMA = versions.schema("compare")
 SET_METRICS = ("effective_rank", "stable_rank", "participation_ratio", "power_law_alpha", "mean_cosine")
 CROSS_METRICS = ("hellinger", "subspace_overlap", "modality_gap")
 RUN_STAGES = STAGES
@@ -347,6 +349,7 @@ def read_json(path: str) -> dict:
         raise BadInputError(f"{path}: not a readable JSON file ({str(error).splitlines()[0]})") from None
     if not isinstance(document, dict):
         raise BadInputError(f"{path}: expected a JSON object (an analysis report or a run's eval.json)")
+    check_schema(document, path)
     return document
 
 

@@ -25,7 +25,9 @@ import numpy as np
 
 from sdetool.errors import BadInputError
 from sdetool.finetune.runfolder import exported_store
+from sdetool.io import versions
 from sdetool.io.atomic import atomic_path
+from sdetool.io.locks import writing
 from sdetool.results.redistribution import redistribution
 
 MODEL = "builtin:lit-fmnist"
@@ -38,7 +40,7 @@ LAYOUT = {
     "compare": "compare --json results",
 }
 FIGURES = ("bands.png", "spectrum.png", "energy.png", "training.png", "noisy_bands.png", "noisy_spectrum.png")
-SCHEMA = "sdetool.reproduce/1"
+SCHEMA = versions.schema("reproduce")
 
 
 @dataclass(frozen=True)
@@ -394,10 +396,18 @@ def reproduce(out: str, options: ReproduceOptions = ReproduceOptions(), reporter
     TrainingError
         A fine-tuning run's loss became NaN or infinite.
     """
+    options.validate()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise BadInputError("reproduce runs as one process: start it without torchrun (its steps use the machine's "
+                            "devices themselves)")
+    with writing(out, create_folder=True):  # one reproduction writes out at a time
+        return _reproduce_locked(out, options, reporter)
+
+
+def _reproduce_locked(out: str, options: ReproduceOptions, reporter: Reporter | None) -> ReproduceResult:
     from sdetool.results import reproduce_report
     from sdetool.results.tables import write_json
 
-    options.validate()
     prepare_folder(out, options)
     pipeline = Pipeline(out, options, reporter or Reporter())
     run_model_experiment(pipeline)

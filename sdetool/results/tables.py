@@ -230,6 +230,13 @@ def render_extract(document: dict, console: Console) -> None:
     if document["resumed_items"] and document["status"] == "written":
         line += f"; resumed with {document['resumed_items']:,} items already done"
     console.print(line)
+    for key, records in (document.get("failures") or {}).items():
+        count = document["failed"].get(key, len(records))
+        console.print(f"[red]failed {count:,} {escape(key)} item{'s' if count != 1 else ''}[/]"
+                      + (f" (the first {len(records)})" if count > len(records) else "") + ":")
+        for record in records:
+            console.print(f"  {escape(record['id'])}: {escape(record['reason'])}")
+        console.print(f"  all {count:,} (id, reason) records: {escape(document['failures_in'][key])}")
     for note in document.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
 

@@ -59,9 +59,7 @@ def current_world() -> World:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        cuda = torch.cuda.is_available() and dist.is_nccl_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        cuda = torch.cuda.is_available() and dist.is_nccl_available()  # no CUDA context made here: CPU jobs need none
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     return World(rank=dist.get_rank(), size=dist.get_world_size())
 
@@ -174,6 +172,7 @@ def _global_batchnorm():
             values = input.double()
             local = torch.cat([values.sum(dims), (values * values).sum(dims),
                                values.new_full((1,), input.numel() / max(channels, 1))])
+            del values
             size = dist.get_world_size()
             total = gather_rows(local[None], [1] * size, World(dist.get_rank(), size)).sum(0)
             count = total[-1]
@@ -187,10 +186,11 @@ def _global_batchnorm():
                     self.running_mean.mul_(1 - factor).add_(factor * mean.to(self.running_mean.dtype))
                     self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
             shape = [1, channels] + [1] * (input.dim() - 2)
-            output = (values - mean.view(shape)) / torch.sqrt(variance.view(shape) + self.eps)
+            scale = torch.rsqrt(variance + self.eps)  # the sums in float64; the activations in their own dtype
+            output = (input - mean.to(input.dtype).view(shape)) * scale.to(input.dtype).view(shape)
             if self.affine:
-                output = output * self.weight.double().view(shape) + self.bias.double().view(shape)
-            return output.to(input.dtype)
+                output = output * self.weight.view(shape) + self.bias.view(shape)
+            return output
 
     _CACHE["batchnorm"] = GlobalBatchNorm
     return GlobalBatchNorm

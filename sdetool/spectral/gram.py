@@ -29,8 +29,9 @@ class GramState:
         Number of rows accumulated.
     mean : ndarray, shape (d,)
         Column mean, float64.
-    scatter : ndarray, shape (d, d)
-        Centred scatter ``sum_i (x_i - mean)(x_i - mean)^T``, float64, symmetric.
+    scatter : ndarray, shape (d, d), or None
+        Centred scatter ``sum_i (x_i - mean)(x_i - mean)^T``, float64, symmetric. None for a row-space
+        state (``rows`` kept, ``n <= d``): there the ``d x d`` matrix is never formed.
     unit_sum : ndarray, shape (d,)
         Sum of the raw rows scaled to unit norm (zero rows skipped): gives the mean pairwise cosine
         and the modality gap in O(n d).
@@ -54,6 +55,8 @@ class GramState:
     blocks : tuple of GramState or None
         The statistics of each jackknife block (rows split by a hash of their position), whose union is
         this state (:mod:`sdetool.spectral.jackknife`).
+    row_range : tuple of int or None
+        For a block of a row-space state: where its rows lie in the parent's ``rows`` (``start, stop``).
     """
 
     n: int
@@ -69,10 +72,23 @@ class GramState:
     sample_rows: int = 0
     fingerprints: np.ndarray | None = None
     blocks: tuple | None = None
+    row_range: tuple | None = None
 
     @property
     def dim(self) -> int:
         return int(self.mean.shape[0])
+
+    @property
+    def row_space(self) -> bool:
+        """Whether the state holds its rows and no ``d x d`` scatter (the wide case, ``n <= d``)."""
+        return self.scatter is None
+
+    def column_energy(self, centered: bool = True) -> np.ndarray:
+        """``diag(X^T X)`` of the centred (default) or raw rows, shape (d,), without forming ``X^T X``."""
+        if not self.row_space:
+            return np.diag(self.gram(centered)).copy()
+        rows = self.rows - self.mean if centered else self.rows
+        return np.einsum("ij,ij->j", rows, rows)
 
     @property
     def distinct_rows(self) -> int | None:
@@ -86,6 +102,10 @@ class GramState:
         Only ``n``, ``mean`` and ``scatter`` are meaningful (no unit sums, samples, rows or fingerprints).
         """
         rest = self.n - part.n
+        if self.row_space:  # the rows outside the block's range
+            start, stop = part.row_range
+            rows = np.concatenate([self.rows[:start], self.rows[stop:]])
+            return row_state(rows, np.zeros(self.dim), counts=(0, 0, None))
         if rest <= 0:
             return GramState(0, np.zeros(self.dim), np.zeros((self.dim, self.dim)), np.zeros(self.dim))
         mean = (self.mean * self.n - part.mean * part.n) / rest
@@ -94,7 +114,9 @@ class GramState:
         return GramState(n=rest, mean=mean, scatter=0.5 * (scatter + scatter.T), unit_sum=np.zeros(self.dim))
 
     def gram(self, centered: bool = True) -> np.ndarray:
-        """``X^T X`` of the centred (default) or raw rows, shape (d, d), float64."""
+        """``X^T X`` of the centred (default) or raw rows, shape (d, d), float64 (not for a row-space state)."""
+        if self.row_space:
+            raise ValueError("a row-space state has no d x d Gram; use its rows (the spectrum of X X^T)")
         if centered:
             return self.scatter
         return self.scatter + self.n * np.outer(self.mean, self.mean)
@@ -109,11 +131,14 @@ class GramState:
             mean, scatter = self.mean, self.scatter
         else:
             mean = self.mean + delta * (other.n / n)
-            scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
+            scatter = None if self.row_space or other.row_space else \
+                self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
         firsts = [f for f in (self.first_nonfinite, other.first_nonfinite) if f is not None]
         rows = None
         if self.rows is not None and other.rows is not None:
             rows = np.concatenate([self.rows, other.rows])
+        elif scatter is None:
+            raise ValueError("a row-space state merges only with another one")
         sample, keys = merge_samples((self.entry_sample, self.entry_keys), (other.entry_sample, other.entry_keys),
                                      max(self.sample_rows, other.sample_rows), self.dim)
         fingerprints = None
@@ -214,6 +239,12 @@ class GramAccumulator(RowBookkeeping):
         stops accumulation: only counting continues, and the caller decides what to report.
     keep_rows : bool
         Also keep the (widened, normalised) rows, for a direct SVD when ``n < d``.
+    row_space : bool
+        Keep the rows and nothing of size ``d x d`` (no Gram, no block Grams): for ``n <= d``, where the
+        spectrum comes from the rows and memory is ``O(n d)`` instead of ``O(d^2)``. Implies ``keep_rows``.
+    capacity : int
+        Rows expected (0: unknown). Kept rows then go straight into one preallocated array instead of
+        being concatenated at the end (one copy of ``n x d`` less).
     sample_rows : int
         Keep a uniform random sample of this many rows (0: none), for entry-wise noise estimates and the
         permutation null.
@@ -239,6 +270,8 @@ class GramAccumulator(RowBookkeeping):
     sample_rows: int = 0
     seed: int = 0
     blocks: int = 0
+    row_space: bool = False
+    capacity: int = 0
     _buffer: np.ndarray = field(init=False, repr=False)
     _gram: np.ndarray = field(init=False, repr=False)
     _column_sum: np.ndarray = field(init=False, repr=False)
@@ -249,17 +282,21 @@ class GramAccumulator(RowBookkeeping):
         d = self.dim
         self._buffer = np.empty((0, d), dtype=np.float64)
         self._positions = np.empty(0, dtype=np.int64)
-        self._gram = np.zeros((d, d), dtype=np.float64)
+        self.keep_rows = self.keep_rows or self.row_space
+        self._gram = None if self.row_space else np.zeros((d, d), dtype=np.float64)
+        self._kept_blocks: list[np.ndarray] = []
         self._column_sum = np.zeros(d, dtype=np.float64)
         self._unit_sum = np.zeros(d, dtype=np.float64)
         self._n = 0
         self._zero_rows = 0
         self._kept: list[np.ndarray] = []
+        self._store = np.empty((self.capacity, d)) if self.keep_rows and self.capacity else None
+        self._stored = 0
         self._sample = RowSample(self.sample_rows, d, self.seed)
         self._fingerprints = RowFingerprints(d)
         self._block_n = np.zeros(self.blocks, dtype=np.int64)
         self._block_sum = np.zeros((self.blocks, d))
-        self._block_gram = np.zeros((self.blocks, d, d)) if self.blocks else None
+        self._block_gram = np.zeros((self.blocks, d, d)) if self.blocks and not self.row_space else None
 
     def _buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         if self._buffer.shape[0] < rows:
@@ -290,21 +327,31 @@ class GramAccumulator(RowBookkeeping):
             return
         block = buffer[:filled]
         if self.keep_rows:
-            self._kept.append(block + self._shift)
+            if self._store is not None and not self._kept and self._stored + filled <= self._store.shape[0]:
+                np.add(block, self._shift, out=self._store[self._stored:self._stored + filled])
+                self._stored += filled
+            else:
+                self._kept.append(block + self._shift)
         if self.sample_rows:
             chosen, keys = self._sample.candidates(kept_positions[:filled])
             self._sample.add(keys, block[chosen] + self._shift)
-        if self.blocks:
+        if self.row_space:  # the rows are all there is: remember each one's jackknife block
+            if self.blocks:
+                self._kept_blocks.append(self._block_index(kept_positions[:filled]))
+        elif self.blocks:
             self._add_to_blocks(block, kept_positions[:filled])
         else:
             self._gram += block.T @ block  # numpy dispatches A.T @ A to BLAS syrk
         self._n += filled
 
-    def _add_to_blocks(self, block: np.ndarray, positions: np.ndarray) -> None:
-        """Add shifted rows to the sums of their jackknife blocks (the total is their sum)."""
+    def _block_index(self, positions: np.ndarray) -> np.ndarray:
         from sdetool.spectral.jackknife import block_of
 
-        index = block_of(row_keys(positions, self.seed + 0x1A77), self.blocks)
+        return block_of(row_keys(positions, self.seed + 0x1A77), self.blocks)
+
+    def _add_to_blocks(self, block: np.ndarray, positions: np.ndarray) -> None:
+        """Add shifted rows to the sums of their jackknife blocks (the total is their sum)."""
+        index = self._block_index(positions)
         order = np.argsort(index, kind="stable")
         bounds = np.searchsorted(index[order], np.arange(self.blocks + 1))
         ordered = block[order]
@@ -354,9 +401,11 @@ class GramAccumulator(RowBookkeeping):
 
     def finalize(self) -> GramState:
         """The statistics of every row accumulated so far."""
+        if self.row_space:
+            return self._row_space_state()
         rows = None
         if self.keep_rows:
-            rows = np.concatenate(self._kept) if self._kept else np.empty((0, self.dim))
+            rows = self._kept_rows()
         gram = self._block_gram.sum(axis=0) if self.blocks else self._gram
         state = state_from_sums(
             self._n, self._shift, self._column_sum, gram, self._unit_sum,
@@ -364,6 +413,32 @@ class GramAccumulator(RowBookkeeping):
             sample=self._sample if self.sample_rows else None, rows=rows,
         )
         return replace(state, fingerprints=self._fingerprints.unique(), blocks=self._block_states())
+
+    def _kept_rows(self) -> np.ndarray:
+        """Every kept row, in one array (the preallocated one when the rows fitted it)."""
+        parts = ([self._store[:self._stored]] if self._store is not None else []) + self._kept
+        if len(parts) == 1:
+            return parts[0]
+        rows = np.concatenate(parts) if parts else np.empty((0, self.dim))
+        self._store, self._stored, self._kept = rows, rows.shape[0], []
+        return rows
+
+    def _row_space_state(self) -> GramState:
+        """The kept rows as the state (grouped by jackknife block, each block a range of them)."""
+        rows = self._kept_rows()
+        blocks = None
+        if self.blocks:
+            index = np.concatenate(self._kept_blocks) if self._kept_blocks else np.empty(0, dtype=np.int64)
+            order = np.argsort(index, kind="stable")
+            rows = rows[order]
+            self._store, self._stored, self._kept, self._kept_blocks = rows, rows.shape[0], [], [index[order]]
+            bounds = np.searchsorted(index[order], np.arange(self.blocks + 1))
+            blocks = tuple(replace(row_state(rows[a:b], np.zeros(self.dim), counts=(0, 0, None)), rows=None,
+                                   row_range=(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:]))
+        mean = self._shift + self._column_sum / self._n if self._n else None  # from the shifted sums
+        state = row_state(rows, self._unit_sum, counts=(self._zero_rows, self._nonfinite, self._first_nonfinite),
+                          sample=self._sample if self.sample_rows else None, mean=mean)
+        return replace(state, fingerprints=self._fingerprints.unique(), blocks=blocks)
 
     def _block_states(self) -> tuple | None:
         """Each jackknife block's statistics (only ``n``, ``mean`` and ``scatter`` are kept)."""
@@ -415,3 +490,58 @@ def state_from_sums(
         sample_rows=sample.capacity if sample is not None else 0,
         fingerprints=fingerprints,
     )
+
+
+def row_state(rows: np.ndarray, unit_sum: np.ndarray, *, counts: tuple[int, int, int | None],
+              sample: RowSample | None = None, mean: np.ndarray | None = None) -> GramState:
+    """A row-space :class:`GramState` (no ``d x d`` scatter) of rows held in memory (float64, shape (n, d)).
+
+    ``mean``: the rows' mean when the caller has it from shifted sums; else it is computed shifted by the
+    first row, so that identical rows have exactly their value as the mean (no cancellation).
+    """
+    n, d = rows.shape
+    if mean is None:
+        mean = rows[0] + np.add.reduce(rows - rows[0], axis=0) / n if n else np.zeros(d)
+    return GramState(
+        n=n,
+        mean=mean,
+        scatter=None,
+        unit_sum=unit_sum.copy(),
+        zero_rows=counts[0],
+        nonfinite_rows=counts[1],
+        first_nonfinite=counts[2],
+        rows=rows,
+        entry_sample=sample.rows.copy() if sample is not None else None,
+        entry_keys=sample.keys.copy() if sample is not None else None,
+        sample_rows=sample.capacity if sample is not None else 0,
+    )
+
+
+def memory_needed(n: int, d: int, *, row_space: bool, blocks: int = 0, vectors: bool = False,
+                  block_rows: int = 0) -> int:
+    """Bytes an analysis of ``n x d`` rows needs at its peak, for the path chosen from the shape.
+
+    Row space (``n <= d``): the kept float64 rows twice (the chunks and their concatenation), the centred
+    copy LAPACK overwrites, the vectors' row Gram and products when they are wanted, a jackknife replicate's rows, and the
+    SVD's ``n x n`` work. Gram: the ``d x d`` float64 Gram, one per jackknife block, and the copy ``eigh``
+    works on (and its vectors). Both: a read chunk (at most ``n`` rows) and its float64 buffer.
+    """
+    word = 8
+    read = 2 * min(block_rows, n) * d * word
+    if row_space:
+        small = min(n, d)
+        copies = 3 + int(vectors) + int(blocks > 0)
+        return read + copies * n * d * word + 4 * small * small * word
+    return read + (1 + blocks + 1 + int(vectors)) * d * d * word
+
+
+def largest_rows_fitting(d: int, room: int, **plan) -> int:
+    """The largest ``n <= d`` whose row-space analysis fits in ``room`` bytes (0 when not even 2 rows do)."""
+    low, high = 0, d
+    while low < high:
+        middle = (low + high + 1) // 2
+        if memory_needed(middle, d, row_space=True, **plan) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return low if low >= 2 else 0

@@ -45,7 +45,7 @@ class SubsetAccumulators:
             for repeat in range(self.repeats):
                 positions = subset_positions(rows, size, repeat, options.seed, pool)
                 accumulator = GramAccumulator(dim, l2=options.l2, drop_nonfinite=options.drop_nonfinite,
-                                              keep_rows=keep_rows and size <= dim, seed=options.seed,
+                                              row_space=keep_rows and size <= dim, seed=options.seed,
                                               sample_rows=options.sample_rows(dim))
                 self.subsets[(size, repeat)] = (positions, accumulator)
 

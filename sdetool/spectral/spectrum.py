@@ -53,8 +53,49 @@ def singular_values_from_gram(gram: np.ndarray, rank: int | None = None) -> np.n
 
 
 def singular_values_direct(rows: np.ndarray) -> np.ndarray:
-    """Singular values of a matrix held in memory (LAPACK gesdd in float64), descending."""
-    return np.linalg.svd(np.asarray(rows, dtype=np.float64), compute_uv=False)
+    """Singular values of a matrix held in memory (LAPACK gesdd in float64), descending.
+
+    A C-ordered ``n x d`` array is handed to LAPACK as its transpose, which is Fortran-ordered: no copy into
+    Fortran order (measured 1.3x faster than ``scipy.linalg.svdvals(rows)`` at 2000 x 12000).
+    """
+    from scipy.linalg import svdvals
+
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    return svdvals(rows.T, check_finite=False)
+
+
+class RowSpaceBasis:
+    """The right singular vectors of a wide ``n x d`` matrix (``n <= d``), computed when sliced: ``basis[:, :k]``.
+
+    ``X X^T = U S^2 U^T`` (one ``n x n`` eigendecomposition, on first use) and ``v_i = X^T u_i / ||X^T u_i||``:
+    ``O(n^2 d)`` once and ``O(n d k)`` per slice, never a ``d x d`` matrix. The leading vectors, the ones read
+    (subspaces, the ddpa deflation), are accurate to ``eps s_1^2 / gap``; a component at the rounding floor
+    gets an arbitrary direction, as it has one. Signs as :func:`top_right_singular_vectors`.
+    """
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.shape = (rows.shape[1], rows.shape[0])
+        self._left: np.ndarray | None = None
+        self._done = np.zeros((rows.shape[1], 0))
+
+    def leading(self, k: int) -> np.ndarray:
+        k = int(min(max(k, 0), self.shape[1]))
+        if k > self._done.shape[1]:
+            if self._left is None:
+                _, left = np.linalg.eigh(self.rows @ self.rows.T)
+                self._left = left[:, ::-1]
+            more = self.rows.T @ self._left[:, self._done.shape[1]:k]
+            norms = np.linalg.norm(more, axis=0)
+            self._done = np.concatenate([self._done, _fix_signs(more / np.where(norms > 0, norms, 1.0))], axis=1)
+        return self._done[:, :k]
+
+    def __getitem__(self, index):
+        rows, columns = index
+        if rows != slice(None) or not isinstance(columns, slice) or columns.step not in (None, 1):
+            raise IndexError("a RowSpaceBasis is sliced by leading columns: basis[:, :k] or basis[:, a:b]")
+        start, stop, _ = columns.indices(self.shape[1])
+        return self.leading(stop)[:, start:stop]
 
 
 def _fix_signs(vectors: np.ndarray) -> np.ndarray:
@@ -82,10 +123,14 @@ def singular_decomposition(gram: np.ndarray | None = None, rows: np.ndarray | No
 
     One ``eigh`` of ``G = X^T X`` (or one SVD of the rows) instead of separate calls for the values and
     each batch of vectors. Returns values of shape (p,) and vectors of shape (d, p), signs fixed as in
-    :func:`top_right_singular_vectors`.
+    :func:`top_right_singular_vectors` (for wide rows, ``n <= d``, a :class:`RowSpaceBasis`: sliced by columns,
+    ``basis[:, :k]``, it gives the same vectors).
     """
     if rows is not None:
-        _, values, vt = np.linalg.svd(np.asarray(rows, dtype=np.float64), full_matrices=False)
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.shape[0] <= rows.shape[1]:  # wide: exact values by LAPACK, vectors through the row Gram
+            return singular_values_direct(rows), RowSpaceBasis(rows)
+        _, values, vt = np.linalg.svd(rows, full_matrices=False)
         return values, _fix_signs(vt.T.copy())
     eigenvalues, vectors = np.linalg.eigh(gram)
     return np.sqrt(np.clip(eigenvalues[::-1], 0.0, None)), _fix_signs(vectors[:, ::-1])
@@ -93,7 +138,10 @@ def singular_decomposition(gram: np.ndarray | None = None, rows: np.ndarray | No
 
 def top_right_singular_vectors_direct(rows: np.ndarray, k: int) -> np.ndarray:
     """As :func:`top_right_singular_vectors`, from the rows of a matrix held in memory."""
-    _, _, vt = np.linalg.svd(np.asarray(rows, dtype=np.float64), full_matrices=False)
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.shape[0] <= rows.shape[1]:
+        return RowSpaceBasis(rows).leading(k).copy()
+    _, _, vt = np.linalg.svd(rows, full_matrices=False)
     return _fix_signs(vt[: min(k, vt.shape[0])].T.copy())
 
 

@@ -100,7 +100,7 @@ def check_usable(state: GramState, options, label: str) -> None:
             f"{label}: {rows} NaN or Inf (the first at 0-based row {state.first_nonfinite}); "
             f"--drop-nonfinite analyzes the other rows"
         )
-    if not np.isfinite(state.scatter).all():
+    if not state.row_space and not np.isfinite(state.scatter).all():
         raise BadInputError(f"{label}: the float64 Gram overflowed (entries near 1e154 or larger); rescale the rows")
 
 
@@ -118,7 +118,7 @@ def null_inputs(state: GramState, options, sample: Sample, permuted: np.ndarray 
     null = options.null
     if null == "mp":
         return nulls.NullInputs(repetition=sample.repetition)
-    variances = np.clip(np.diag(state.gram(options.center)), 0.0, None) / max(sample.repetition * sample.effective, 1)
+    variances = np.clip(state.column_energy(options.center), 0.0, None) / max(sample.repetition * sample.effective, 1)
     vectors = None
     if null == "ddpa":
         basis = basis if basis is not None else top_vectors(state, options.center, state.dim)

@@ -166,3 +166,21 @@ def test_evaluate_non_numeric_value_in_a_set():
 
 def test_evaluate_no_checks():
     assert evaluate([], SINGLE) == []
+
+
+def test_a_typo_gets_the_nearest_path_first():
+    from sdetool.analysis.checks import check_paths, suggestion
+
+    assert suggestion("bands.nois.energy_share", ["bands.noise.energy_share", "bands.noise.count"]) == \
+        "; did you mean bands.noise.energy_share?"
+    assert suggestion("zzz", ["bands.noise.energy_share"]) == ""
+    from sdetool.analysis.report import report_paths
+
+    with pytest.raises(BadInputError) as caught:
+        check_paths([parse_check("bands.nois.energy_share > 0.5")], report_paths())
+    message = str(caught.value)
+    assert message.index("did you mean bands.noise.energy_share?") < message.index("top-level keys")
+    with pytest.raises(BadInputError, match=r"did you mean sets\.image\.metrics\.effective_rank\?"):
+        check_paths([parse_check("sets.image.metrics.efective_rank < 3")], report_paths())
+    with pytest.raises(BadInputError, match=r"did you mean metrics\.effective_rank\?"):
+        evaluate([parse_check("metrics.efective_rank < 3")], SINGLE)
