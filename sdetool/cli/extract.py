@@ -41,6 +41,12 @@ OPTION_DETAILS = {
         "--device": "auto: a GPU when one is present.",
         "--normalize": "Default: store what the model outputs.",
         "--tokens": "Written as /<key>/tokens (n, h, w, c) float16; analyze --spatial-bands reads it.",
+        "--layers": "all, or indices counted from 0 at the input side (0,6,12). Each layer's hidden states, pooled as "
+                    "the model pools its last layer and without the final projection, become an ordinary set "
+                    "image_L<i> / text_L<i> beside image and text (attributes layer, layer_name, pooling), from the "
+                    "same forward pass. hf: CLIP/SigLIP towers (index 0: the embeddings); st: the transformer "
+                    "layers through the model's Pooling module; the built-in model: the CNN stages of the image "
+                    "tower (globally average-pooled) and the MiniLM layers.",
         "--strict": "Default: an unreadable item is recorded in /<key>/failed and the run goes on.",
         "--allow-missing-weights": "Default: a checkpoint with missing, unexpected or mis-shaped weights is refused, "
                                    "naming them (transformers would fill missing ones with random values). With it "
@@ -76,6 +82,8 @@ def extract(
                                               help="Image decoding workers (default: spare cores)."),
     normalize: bool = typer.Option(False, "--normalize/--no-normalize", help="L2-normalise first."),
     tokens: bool = typer.Option(False, "--tokens", help="Also store the vision tower's patch-token grid."),
+    layers: Optional[str] = typer.Option(None, "--layers", metavar="all|LIST",
+                                         help="Also each layer's pooled hidden state (sets image_L<i>, text_L<i>)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable item."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output of another model or data."),
     chunk_items: int = typer.Option(2048, "--chunk-items", help="Items per resumable chunk.", min=1),
@@ -94,7 +102,8 @@ def extract(
     api.check_output_path(json_path, "--json")
     options = ExtractOptions(device=device, precision=precision.value, batch_size=batch_size, num_workers=num_workers,
                              normalize=normalize, store_dtype=store_dtype.value, tokens=tokens, strict=strict,
-                             overwrite=overwrite, chunk_items=chunk_items, allow_missing_weights=allow_missing_weights)
+                             overwrite=overwrite, chunk_items=chunk_items, allow_missing_weights=allow_missing_weights,
+                             layers=layers)
     options.validate()
     source = open_source(images=images, texts=texts, manifest_path=manifest, data=data, columns=(id_col, image_col, text_col),
                          hf_dataset_path=hf_dataset, webdataset=webdataset or None)

@@ -45,7 +45,9 @@ OPTION_DETAILS = {
         "KIND": "spectrum: singular values, noise edge, strong threshold, bands, MP density; energy: cumulative "
                 "energy; bands: stacked energy shares before and after (the energy-redistribution figure); training: "
                 "loss and batch band shares over the steps; tokens: the spatial-frequency band energy of token grids "
-                "per model (the Prism figure).",
+                "per model (the Prism figure); scale: band shares against the number of rows n; layers: band "
+                "shares, effective rank, numerical rank and dimension against depth, from stores of extract --layers "
+                "(or their reports), one per model or before and after.",
         "INPUT": "Analysis reports, stores (analyzed here), fine-tuning runs (folder or eval.json; for training: "
                  "metrics.jsonl) or, for bands, comparisons (compare --json). Embedding files may be named "
                  "(NAME=PATH, as for analyze).",
@@ -153,13 +155,14 @@ class PlotKind(str, Enum):
     training = "training"
     tokens = "tokens"
     scale = "scale"
+    layers = "layers"
 
 
-@app.command(cls=HelpCommand, short_help="Draw a figure: spectrum, energy, bands, training, tokens or scale.")
+@app.command(cls=HelpCommand, short_help="Draw a figure: spectrum, energy, bands, training, tokens, scale or layers.")
 @handles_errors
 def plot(
     kind: PlotKind = typer.Argument(..., metavar="KIND", show_default=False,
-                                    help="The figure: spectrum, energy, bands, training, tokens or scale."),
+                                    help="The figure: spectrum, energy, bands, training, tokens, scale or layers."),
     inputs: List[str] = typer.Argument(..., metavar="INPUT", show_default=False,
                                        help="Reports, stores, runs or comparisons, overlaid in order."),
     out: str = typer.Option(..., "--out", "-o", help="The figure to write: .png, .svg or .pdf.", metavar="PATH"),

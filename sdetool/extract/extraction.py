@@ -44,6 +44,7 @@ class ExtractOptions:
     overwrite: bool = False
     chunk_items: int = 2048
     allow_missing_weights: bool = False  # load a checkpoint that lacks weights of the model (recorded)
+    layers: str | tuple | None = None  # "all", "0,6,12" or (0, 6, 12): each layer's pooled hidden state too
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -55,6 +56,56 @@ class ExtractOptions:
                 raise BadInputError(f"{name} {value}: expected a positive integer")
         if self.num_workers is not None and self.num_workers < 0:
             raise BadInputError(f"--num-workers {self.num_workers}: expected 0 or more")
+        self.layer_indices()
+
+    def layer_indices(self) -> list[int] | None:
+        """``--layers`` as indices (None: all of them; [] when not asked for)."""
+        if self.layers is None:
+            return []
+        if isinstance(self.layers, (list, tuple)):  # from Python: indices
+            text = ",".join(str(i) for i in self.layers)
+        else:
+            text = str(self.layers).strip().lower()
+        if text == "all":
+            return None
+        try:
+            indices = sorted({int(part) for part in text.split(",") if part.strip()})
+        except ValueError:
+            raise BadInputError(f"--layers {self.layers!r}: expected 'all' or layer indices such as 0,6,12") from None
+        if not indices or indices[0] < 0:
+            raise BadInputError(f"--layers {self.layers!r}: expected 'all' or layer indices >= 0 such as 0,6,12")
+        return indices
+
+
+LAYER_SEPARATOR = "_L"
+
+
+def layer_key(modality: str, index: int) -> str:
+    """The set of a layer: ``image_L3``."""
+    return f"{modality}{LAYER_SEPARATOR}{index}"
+
+
+def base_modality(key: str) -> str:
+    """``image_L3`` -> ``image``; ``image`` -> ``image``."""
+    head, separator, tail = key.rpartition(LAYER_SEPARATOR)
+    return head if separator and tail.isdigit() else key
+
+
+def layer_plan(encoder, keys: list[str], options: ExtractOptions) -> dict:
+    """``{modality: [(index, name), ...]}`` of the layers to store; one line naming the valid range otherwise."""
+    wanted = options.layer_indices()
+    if wanted == []:
+        return {}
+    plan = {}
+    for modality in keys:
+        names = encoder.layer_names(modality)
+        indices = list(range(len(names))) if wanted is None else wanted
+        outside = [i for i in indices if i >= len(names)]
+        if outside:
+            raise BadInputError(f"--layers {options.layers}: {encoder.spec} has {modality} layers 0..{len(names) - 1} "
+                                f"({len(names)}: {names[0]} .. {names[-1]}); {outside[0]} is not one")
+        plan[modality] = [(i, names[i]) for i in indices]
+    return plan
 
 
 @dataclass(frozen=True)
@@ -124,6 +175,7 @@ def run_config(encoder, source: ItemSource, keys: list[str], options: ExtractOpt
         "store_dtype": options.store_dtype,
         "tokens": options.tokens,
         "chunk_items": options.chunk_items,
+        **({"layers": "all" if options.layer_indices() is None else options.layer_indices()} if options.layers else {}),
     }
 
 
@@ -147,12 +199,13 @@ def _modalities(encoder, source: ItemSource, tokens: bool) -> tuple[list[str], l
 class _Embedder:
     """Runs the model on batches under autocast; remembers distinct texts."""
 
-    def __init__(self, encoder, device: str, options: ExtractOptions) -> None:
+    def __init__(self, encoder, device: str, options: ExtractOptions, layers: dict | None = None) -> None:
         import torch
 
         self.encoder = encoder
         self.device = device
         self.options = options
+        self.layers = {m: [i for i, _ in entries] for m, entries in (layers or {}).items()}
         dtype = getattr(torch, PRECISIONS[options.precision])
         device_type = "cuda" if device.startswith("cuda") else "cpu"
         self._autocast = (lambda: torch.autocast(device_type, dtype=dtype)) if options.precision != "fp32" else nullcontext
@@ -163,26 +216,44 @@ class _Embedder:
             values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
         return values.astype(np.float32, copy=False)
 
-    def images(self, pixels) -> tuple[np.ndarray, np.ndarray | None]:
+    def images(self, pixels) -> tuple[dict, np.ndarray | None]:
+        """``({"image": (B, d), "image_L<i>": (B, c_i)...}, tokens)`` of a batch, from one forward pass."""
         import torch
 
+        pixels = pixels.to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
-            output = self.encoder.encode_images(pixels.to(self.device, non_blocking=True), tokens=self.options.tokens)
+            if self.layers.get("image"):
+                output = self.encoder.encode_images_layers(pixels, self.layers["image"], tokens=self.options.tokens)
+            else:
+                output = self.encoder.encode_images(pixels, tokens=self.options.tokens)
         tokens = output.tokens.float().cpu().numpy().astype(np.float16) if output.tokens is not None else None
-        return self._finish(output.embeddings), tokens
+        sets = {"image": self._finish(output.embeddings)}
+        sets.update({layer_key("image", i): self._finish(v) for i, v in (output.layers or {}).items()})
+        return sets, tokens
 
-    def texts(self, texts: list[str]) -> np.ndarray:
-        """Embed texts, each distinct text once, in order of first appearance."""
+    def texts(self, texts: list[str]) -> dict:
+        """``{"text": (B, d), "text_L<i>": (B, c_i)...}``: each distinct text embedded once (one forward pass for
+        all its layers)."""
         import torch
 
         # Per call (one chunk), not across chunks: a resumed run then batches the same texts the same way.
         distinct = list(dict.fromkeys(texts))
-        embedded: dict[str, np.ndarray] = {}
+        layers = self.layers.get("text") or []
+        keys = ["text"] + [layer_key("text", i) for i in layers]
+        embedded: dict[str, dict] = {key: {} for key in keys}
         for start in range(0, len(distinct), self.options.batch_size):
             batch = distinct[start:start + self.options.batch_size]
             with torch.inference_mode(), self._autocast():
-                embedded.update(zip(batch, self._finish(self.encoder.encode_texts(batch))))
-        return np.stack([embedded[t] for t in texts]) if texts else np.zeros((0, self.encoder.dim), np.float32)
+                if layers:
+                    final, hidden = self.encoder.encode_texts_layers(batch, layers)
+                    outputs = {"text": final, **{layer_key("text", i): v for i, v in hidden.items()}}
+                else:
+                    outputs = {"text": self.encoder.encode_texts(batch)}
+            for key, values in outputs.items():
+                embedded[key].update(zip(batch, self._finish(values)))
+        if not texts:
+            return {key: np.zeros((0, self.encoder.dim if key == "text" else 0), np.float32) for key in keys}
+        return {key: np.stack([embedded[key][t] for t in texts]) for key in keys}
 
 
 def _plan(items: int, chunk_items: int) -> list[range]:
@@ -244,17 +315,19 @@ def _consume(embedder: _Embedder, source: ItemSource, keys: list[str], folder: W
             item, reason = failed[0]
             raise BadInputError(f"{source.ids[item]}: {reason} (--strict)")
         if pixels is not None:
-            embeddings, tokens = embedder.images(pixels)
-            pending["embeddings"].append(embeddings)
+            sets, tokens = embedder.images(pixels)
+            pending["embeddings"].append(sets)
             if tokens is not None:
                 pending["tokens"].append(tokens)
         pending["rows"].extend(rows)
         pending["failed"].extend(failed)
         progress.advance(len(batches[position]))
         if position + 1 == len(batches) or owners[position + 1] != index:
-            image = np.concatenate(pending["embeddings"]) if pending["embeddings"] else np.zeros((0, embedder.encoder.dim), np.float32)
+            image_keys = [key for key in keys if base_modality(key) == "image"]
+            sets = {key: np.concatenate([batch[key] for batch in pending["embeddings"]]) if pending["embeddings"] else
+                    np.zeros((0, embedder.encoder.dim if key == "image" else 0), np.float32) for key in image_keys}
             tokens = np.concatenate(pending["tokens"]) if pending["tokens"] else None
-            _write_chunk(embedder, source, keys, folder, index, pending["rows"], {"image": image}, pending["failed"], tokens)
+            _write_chunk(embedder, source, keys, folder, index, pending["rows"], sets, pending["failed"], tokens)
             pending = {"rows": [], "embeddings": [], "tokens": [], "failed": []}
 
 
@@ -271,7 +344,7 @@ def _write_chunk(embedder: _Embedder, source: ItemSource, keys: list[str], folde
         rows = [item for item, k in zip(rows, keep) if k]
         embeddings = {key: values[keep] for key, values in embeddings.items()}
         tokens = tokens[keep] if tokens is not None else None
-        embeddings["text"] = embedder.texts([source.texts[item] for item in rows])
+        embeddings.update(embedder.texts([source.texts[item] for item in rows]))
     dtype = np.dtype(embedder.options.store_dtype)
     failed.sort()
     folder.write_chunk(index, Chunk(
@@ -325,7 +398,7 @@ def _preflight(out: str, config: dict, options: ExtractOptions) -> tuple[str, in
 
 
 def _assemble(out: str, folder: WorkFolder, source: ItemSource, keys: list[str], encoder, config: dict,
-              attrs: dict) -> tuple[dict, dict]:
+              attrs: dict, layers: dict | None = None) -> tuple[dict, dict]:
     """Write the store from the chunks (atomically), then remove the work folder. Returns rows and failures."""
     chunks = range(int(folder.read_run()["chunks"]))
     rows, failures = {key: 0 for key in keys}, {key: [] for key in keys}
@@ -335,6 +408,8 @@ def _assemble(out: str, folder: WorkFolder, source: ItemSource, keys: list[str],
             rows[key] += len(chunk.rows)
         for item, key, reason in zip(chunk.failed_index, chunk.failed_key, chunk.failed_reason):
             failures.setdefault(key, []).append((source.ids[int(item)], reason))
+    for key in keys:  # a layer's set misses the items its modality missed
+        failures[key] = failures.get(base_modality(key), [])
     total = rows[keys[0]]
     if total == 0:
         first = next((f for records in failures.values() for f in records), ("?", "?"))
@@ -342,7 +417,7 @@ def _assemble(out: str, folder: WorkFolder, source: ItemSource, keys: list[str],
         raise BadInputError(f"{source.location}: no item could be embedded ({sum(map(len, failures.values()))} failed; "
                             f"first: {first[0]}: {first[1]})")
     try:
-        _write_store(out, folder, source, keys, encoder.dim, config, attrs, failures, total)
+        _write_store(out, folder, source, keys, encoder, config, attrs, failures, total, layers or {})
     except OSError as error:  # a full disk, a folder made read-only meanwhile: the old file stays as it was
         raise BadInputError(f"--out {out}: cannot write the store ({str(error).splitlines()[0]}); the finished "
                             f"chunks stay in {folder.path}") from None
@@ -354,9 +429,9 @@ FIRST_FAILURES = 5
 
 
 def _assembled(out: str, folder: WorkFolder, source: ItemSource, keys: list[str], encoder, config: dict,
-               attrs: dict) -> tuple[dict, dict]:
+               attrs: dict, layers: dict | None = None) -> tuple[dict, dict]:
     """:func:`_assemble`, with the failures cut to what the result shows (all of them stay in the store)."""
-    rows, failures = _assemble(out, folder, source, keys, encoder, config, attrs)
+    rows, failures = _assemble(out, folder, source, keys, encoder, config, attrs, layers)
     return rows, failure_details(out, failures)
 
 
@@ -364,24 +439,40 @@ def failure_details(out: str, failures: dict) -> dict:
     """``failures`` (set -> [(id, reason)]) as the result's ``failed`` counts, first records and their location."""
     from sdetool.io.store import FAILED
 
-    return {"failed": {key: len(records) for key, records in failures.items()},
+    shown = {key: records for key, records in failures.items() if records and base_modality(key) == key}
+    return {"failed": {key: len(records) for key, records in failures.items()},  # layer sets: their modality's
             "failures": {key: [{"id": str(i), "reason": str(r)} for i, r in records[:FIRST_FAILURES]]
-                         for key, records in failures.items() if records},
-            "failures_in": {key: f"{out}:/{key}/{FAILED}" for key, records in failures.items() if records}}
+                         for key, records in shown.items()},
+            "failures_in": {key: f"{out}:/{key}/{FAILED}" for key in shown}}
 
 
-def _write_store(out: str, folder: WorkFolder, source: ItemSource, keys: list[str], dim: int, config: dict,
-                 attrs: dict, failures: dict, total: int) -> None:
+def _set_widths(folder: WorkFolder, keys: list[str]) -> dict:
+    """Each set's width, from the first chunk that holds rows."""
+    for index in range(int(folder.read_run()["chunks"])):
+        chunk = folder.read_chunk(index, keys)
+        if len(chunk.rows):
+            return {key: int(chunk.embeddings[key].shape[1]) for key in keys}
+    return {}
+
+
+def _write_store(out: str, folder: WorkFolder, source: ItemSource, keys: list[str], encoder, config: dict,
+                 attrs: dict, failures: dict, total: int, layers: dict) -> None:
     """The store, atomically, from the chunks in item order."""
     from sdetool.io import store
 
+    names = {layer_key(modality, i): name for modality, entries in layers.items() for i, name in entries}
+    widths = _set_widths(folder, keys) if names else {}
     with store.StoreWriter(out, mode="w") as writer:
         writer.set_attrs({"extract_config": json.dumps(config, sort_keys=True), "complete": True})
         targets = {}
         for key in keys:
-            set_attrs = dict(attrs, modality=key, failed=len(failures.get(key, [])))
-            targets[key] = writer.create_set(key, dim, dtype=config["store_dtype"], with_ids=True,
-                                             attrs=set_attrs, expected_rows=total)
+            modality = base_modality(key)
+            set_attrs = dict(attrs, modality=modality, failed=len(failures.get(key, [])))
+            if key in names:  # a layer: which one, and how it was pooled (no projection)
+                set_attrs.update(layer=int(key.rpartition(LAYER_SEPARATOR)[2]), layer_name=names[key],
+                                 layers_of=modality, pooling=encoder.layer_pooling(modality))
+            targets[key] = writer.create_set(key, widths.get(key, encoder.dim), dtype=config["store_dtype"],
+                                             with_ids=True, attrs=set_attrs, expected_rows=total)
         for index in range(int(folder.read_run()["chunks"])):
             chunk = folder.read_chunk(index, keys)
             ids = [source.ids[int(item)] for item in chunk.rows]
@@ -471,6 +562,8 @@ def _extract_locked(model: str, source: ItemSource, out: str, options: ExtractOp
     device = resolve_torch_device(options.device, int(os.environ.get("LOCAL_RANK", "0") or 0))
     encoder = load_model(model, allow_missing_weights=options.allow_missing_weights)
     keys, notes = _modalities(encoder, source, options.tokens)
+    layers = layer_plan(encoder, keys, options)
+    keys = keys + [layer_key(modality, i) for modality, entries in layers.items() for i, _ in entries]
     config = run_config(encoder, source, keys, options)
     folder = WorkFolder(out)
     decision = on_main(world, lambda: _preflight(out, config, options))
@@ -483,7 +576,7 @@ def _extract_locked(model: str, source: ItemSource, out: str, options: ExtractOp
     done = folder.done()
     mine = [(index, items) for index, items in enumerate(plan) if index % world.size == world.rank and index not in done]
     resumed = sum(len(items) for index, items in enumerate(plan) if index in done)
-    embedder = _Embedder(encoder.to(device), device, options)
+    embedder = _Embedder(encoder.to(device), device, options, layers)
     resumed_note = f" (resumed: {resumed:,} of {len(source):,} items were done)" if resumed else ""
     progress.start(f"embedding {source.describe()}{resumed_note}", sum(len(items) for _, items in mine))
     ran: list[str] = []
@@ -492,11 +585,19 @@ def _extract_locked(model: str, source: ItemSource, out: str, options: ExtractOp
     finally:
         progress.finish()
     rows, details = on_main(world, lambda: _assembled(out, folder, source, keys, encoder, config,
-                                                      _provenance(encoder, source, options, device)))
+                                                      _provenance(encoder, source, options, device), layers))
     return ExtractResult(path=out, status="written", items=len(source), rows=rows, **details,
-                         dims={key: encoder.dim for key in keys}, resumed_items=resumed,
+                         dims=_dims(out, keys), resumed_items=resumed,
                          seconds=time.perf_counter() - started, device=device, model=encoder.spec,
                          data=source.location, notes=notes + source.notes + ran)
+
+
+def _dims(out: str, keys: list[str]) -> dict:
+    """Each set's width, as stored (layers have their own)."""
+    from sdetool.io import store
+
+    matrices = store.open_matrices(out)
+    return {key: int(matrices[key].shape[1]) for key in keys if key in matrices}
 
 
 def _existing(out: str, source: ItemSource, keys: list[str], encoder, notes: list[str]) -> ExtractResult:
@@ -507,5 +608,5 @@ def _existing(out: str, source: ItemSource, keys: list[str], encoder, notes: lis
     failures = {key: store.read_failed(out, key) for key in keys}
     return ExtractResult(path=out, status="already complete", items=len(source), rows=rows,
                          **failure_details(out, failures),
-                         dims={key: encoder.dim for key in keys}, resumed_items=len(source), model=encoder.spec,
+                         dims=_dims(out, keys), resumed_items=len(source), model=encoder.spec,
                          data=source.location, notes=notes + ["nothing to do: the output is complete"])

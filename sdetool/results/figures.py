@@ -16,7 +16,7 @@ from sdetool.finetune.runfolder import STAGES, exported_store
 from sdetool.results.compare import analysis_sets, read_json
 from sdetool.spectral.spectrum import BANDS
 
-KINDS = ("spectrum", "energy", "bands", "training", "tokens", "scale")
+KINDS = ("spectrum", "energy", "bands", "training", "tokens", "scale", "layers")
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,29 @@ def scale_series(paths: list[str], options: PlotOptions, progress=None) -> list[
     return series
 
 
+def layer_series(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
+    """``(label, {modality: [(depth, name, set document)]})`` per input: a store of ``extract --layers`` (analysed
+    here, every set) or its analysis report."""
+    from sdetool.analysis.analyze import AnalysisOptions, analyze
+    from sdetool.results.compare import analysis_sets
+    from sdetool.results.layerplots import LAYER_FIELDS, layer_table
+
+    series = []
+    for path in paths:
+        if path.lower().endswith(".json"):
+            document = _analysis_report(path, "sdetool analyze STORE --json")
+        else:  # each set on its own: the cross-modal sections of every pair of layers are not drawn
+            from sdetool.io.store import open_matrices
+
+            keys = list(options.keys) or list(open_matrices(path))
+            sets_found = {key: analyze(path, keys=[key], options=options.analysis or AnalysisOptions(),
+                                       progress=progress, local=True).to_dict() for key in keys}
+            document = {"sets": sets_found}
+        sets = analysis_sets(document, path, LAYER_FIELDS)
+        series.append((_stem(path), layer_table(path, sets)))
+    return series
+
+
 def band_states(paths: list[str], options: PlotOptions, progress=None) -> list[tuple[str, dict]]:
     """``(label, {key: {band: share}})`` per state: reports and stores give one, runs and comparisons two.
 
@@ -287,6 +310,11 @@ def plot(kind: str, inputs: list, out: str | None = None, options: PlotOptions =
     elif kind == "scale":
         items = _relabel(scale_series(inputs, options, progress), options.labels)
         figure = plots.scale_figure(items, title=options.title)
+    elif kind == "layers":
+        from sdetool.results.layerplots import layers_figure
+
+        items = _relabel(layer_series(inputs, options, progress), options.labels)
+        figure = layers_figure(items, title=options.title)
     else:
         items = _relabel(analysis_series(inputs, options, progress), options.labels)
         figure = (plots.spectrum_figure(items, loglog=options.loglog, title=options.title) if kind == "spectrum"

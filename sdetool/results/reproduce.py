@@ -400,7 +400,7 @@ def reproduce(out: str, options: ReproduceOptions = ReproduceOptions(), reporter
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise BadInputError("reproduce runs as one process: start it without torchrun (its steps use the machine's "
                             "devices themselves)")
-    with writing(out, create_folder=True):  # one reproduction writes out at a time
+    with writing(out):  # one reproduction writes out at a time (a missing parent folder: prepare_folder refuses)
         return _reproduce_locked(out, options, reporter)
 
 

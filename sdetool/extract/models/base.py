@@ -25,6 +25,7 @@ class ImageOutput:
 
     embeddings: "object"
     tokens: "object | None" = None
+    layers: "dict | None" = None  # layer index -> pooled hidden state (B, c_i), from the same forward pass
 
 
 @dataclass
@@ -72,6 +73,26 @@ class Encoder(ABC):
     def has_tokens(self) -> bool:
         """Whether ``encode_images(..., tokens=True)`` can return a patch-token grid."""
         return False
+
+    # -- per-layer hidden states (``extract --layers``) --
+
+    def layer_names(self, modality: str) -> list[str]:
+        """The names, in the model, of the layers ``--layers`` indexes (0 at the input side)."""
+        raise UnknownModelError(f"--layers: the {self.backend} backend cannot give hidden states ({self.spec})")
+
+    def layer_pooling(self, modality: str) -> str:
+        """How a layer's hidden states become one vector per item (recorded on the set)."""
+        return ""
+
+    def encode_images_layers(self, pixels, layers: list[int], tokens: bool = False) -> ImageOutput:
+        """As :meth:`encode_images`, with ``layers`` (indices) pooled from the same forward pass."""
+        self.layer_names("image")
+        raise UnknownModelError(f"--layers: {self.spec} gives no image hidden states")
+
+    def encode_texts_layers(self, texts: list[str], layers: list[int]):
+        """As :meth:`encode_texts`, with ``layers`` pooled from the same forward pass: ``(final, {i: (B, c_i)})``."""
+        self.layer_names("text")
+        raise UnknownModelError(f"--layers: {self.spec} gives no text hidden states")
 
 
 def folder_fingerprint(folder: str) -> str:

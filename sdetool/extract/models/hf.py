@@ -120,7 +120,27 @@ class HFDualEncoder(Encoder):
             raise UnknownModelError(f"{self.spec}: {states.shape[1]} vision tokens do not hold a {side}x{side} patch grid")
         return states[:, prefix:].reshape(states.shape[0], side, side, states.shape[-1])
 
+    def layer_names(self, modality: str) -> list[str]:
+        if modality not in self.modalities:
+            raise UnknownModelError(f"--layers: {self.spec} has no {modality} tower")
+        return HFLayers(self).names(modality)
+
+    def layer_pooling(self, modality: str) -> str:
+        return HFLayers(self).pooling(modality)
+
+    def encode_images_layers(self, pixels, layers: list[int], tokens: bool = False) -> ImageOutput:
+        final, hidden, output = HFLayers(self).run("image", layers, pixel_values=pixels)
+        grid = self._grid(output.last_hidden_state) if tokens else None  # the same call's last states
+        return ImageOutput(embeddings=_features(final), tokens=grid, layers=hidden)
+
+    def encode_texts_layers(self, texts: list[str], layers: list[int]):
+        final, hidden, _ = HFLayers(self).run("text", layers, **self._text_batch(texts))
+        return _features(final), hidden
+
     def encode_texts(self, texts: list[str]):
+        return _features(self.model.get_text_features(**self._text_batch(texts)))
+
+    def _text_batch(self, texts: list[str]) -> dict:
         if self.tokenizer is None:
             raise UnknownModelError(f"{self.spec}: this model has no text tower")
         model_type = getattr(self.model.config, "model_type", "")
@@ -131,8 +151,73 @@ class HFDualEncoder(Encoder):
             text_config = getattr(self.model.config, "text_config", self.model.config)
             limit = min(int(self.tokenizer.model_max_length or 77), int(getattr(text_config, "max_position_embeddings", 77)))
             batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in self._text_arguments}
-        return _features(self.model.get_text_features(**batch))
+        return {k: v.to(self.device) for k, v in batch.items() if k in self._text_arguments}
+
+
+class HFLayers:
+    """Per-layer pooled hidden states of CLIP- and SigLIP-like towers (``extract --layers``), one forward pass.
+
+    Each layer's states are pooled as the tower pools its last one, without the final projection: the
+    tower's final norm (``post_layernorm`` / ``final_layer_norm``), then its own head where it has one
+    (SigLIP), else the token the tower pools (found from the tower itself: the position whose normed last
+    state is its ``pooler_output``; CLS for CLIP's vision tower, the EOS token for its text tower).
+    """
+
+    TOWERS = {"image": ("vision_model", "post_layernorm", "visual_projection"),
+              "text": ("text_model", "final_layer_norm", "text_projection")}
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder
+
+    def tower(self, modality: str):
+        name, norm, _ = self.TOWERS[modality]
+        tower = getattr(self.encoder.model, name, None)
+        layers = getattr(getattr(tower, "encoder", None), "layers", None)
+        if tower is None or layers is None or getattr(tower, norm, None) is None:
+            raise UnknownModelError(f"--layers: {self.encoder.spec} ({type(self.encoder.model).__name__}) has no "
+                                    f"{name} with encoder.layers and {norm}; the hf backend gives layers of CLIP- and "
+                                    "SigLIP-like towers")
+        return tower, getattr(tower, norm), len(layers)
+
+    def names(self, modality: str) -> list[str]:
+        name = self.TOWERS[modality][0]
+        return [f"{name}.embeddings"] + [f"{name}.encoder.layers.{i}" for i in range(self.tower(modality)[2])]
+
+    def pooling(self, modality: str) -> str:
+        tower, _, _ = self.tower(modality)
+        how = "its head" if getattr(tower, "head", None) is not None else "the pooled token"
+        return f"the tower's final norm, then {how}, as its last layer (no projection)"
+
+    def run(self, modality: str, layers: list[int], **inputs):
+        """``(final embedding, {i: pooled layer i}, the tower's output)`` from one call of the tower."""
+        tower, norm, _ = self.tower(modality)
+        output = tower(**inputs, output_hidden_states=True)
+        if getattr(output, "pooler_output", None) is None:
+            raise UnknownModelError(f"--layers: the {self.TOWERS[modality][0]} of {self.encoder.spec} gives no pooled "
+                                    "output to pool its layers like")
+        head = getattr(tower, "head", None)
+        if head is not None:
+            pool = (lambda states: head(norm(states))) if modality == "image" else (lambda states: head(norm(states)[:, -1]))
+        else:
+            position = self._position(norm(output.hidden_states[-1]), output.pooler_output, self.encoder.spec)
+            rows = position.new_tensor(range(position.shape[0]))
+            pool = (lambda states: norm(states)[rows, position])
+        hidden = {i: pool(output.hidden_states[i]) for i in layers}
+        projection = getattr(self.encoder.model, self.TOWERS[modality][2], None)
+        final = output.pooler_output if projection is None else projection(output.pooler_output)
+        return final, hidden, output
+
+    @staticmethod
+    def _position(normed, pooled, spec: str):
+        """The token whose normed last state is the pooled output, per row; refused when no token is it (a tower
+        that pools otherwise: its layers would be pooled wrongly)."""
+        distance = (normed - pooled[:, None, :]).abs().amax(dim=-1)  # (B, T)
+        closest, position = distance.min(dim=1)
+        tolerance = 1e-4 * (1.0 + pooled.abs().amax(dim=-1))
+        if bool((closest > tolerance).any()):
+            raise UnknownModelError(f"--layers: {spec} pools its last layer otherwise than by one token of its normed "
+                                    "states (no token matches its pooled output); its layers cannot be pooled alike")
+        return position
 
 
 def _processor_settings(processor) -> dict:

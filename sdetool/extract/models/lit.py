@@ -150,3 +150,42 @@ class LiTEncoder(GrayscaleImages, Encoder):
 
     def encode_texts(self, texts: list[str]):
         return self.network.encode_text_features(self.text_tower.encode_texts(texts))
+
+    # -- layers: the CNN stages of the image tower, the MiniLM layers of the text tower --
+
+    def _stages(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` module ranges of the image tower's stages: conv, norm, ReLU and a pooling after it."""
+        from torch import nn
+
+        modules, stages, start = list(self.network.image_tower), [], 0
+        for index, module in enumerate(modules):
+            following = modules[index + 1] if index + 1 < len(modules) else None
+            if isinstance(module, nn.MaxPool2d) or (isinstance(module, nn.ReLU) and not isinstance(following, nn.MaxPool2d)):
+                stages.append((start, index + 1))
+                start = index + 1
+        return stages
+
+    def layer_names(self, modality: str) -> list[str]:
+        if modality == "image":
+            return [f"image_tower[{a}:{b}]" for a, b in self._stages()]
+        return self.text_tower.layer_names("text")
+
+    def layer_pooling(self, modality: str) -> str:
+        if modality == "image":
+            return "global average over the stage's feature map (no projection)"
+        return self.text_tower.layer_pooling("text") + " (no projection)"
+
+    def encode_images_layers(self, pixels, layers: list[int], tokens: bool = False):
+        hidden, wanted, state = {}, set(layers), pixels
+        for index, (start, stop) in enumerate(self._stages()):
+            for module in list(self.network.image_tower)[start:stop]:
+                state = module(state)
+            if index in wanted:
+                hidden[index] = state.mean(dim=(2, 3))
+        embeddings = self.network.image_projection(state.mean(dim=(2, 3)))  # as encode_image: the last stage's grid
+        grid = state.permute(0, 2, 3, 1) if tokens else None
+        return ImageOutput(embeddings=embeddings, tokens=grid, layers=hidden)
+
+    def encode_texts_layers(self, texts: list[str], layers: list[int]):
+        features, hidden = self.text_tower.encode_texts_layers(texts, layers)
+        return self.network.encode_text_features(features), hidden

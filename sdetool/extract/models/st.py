@@ -99,16 +99,28 @@ class SentenceEncoder(Encoder):
         return self
 
     def encode_texts(self, texts: list[str]):
+        return self.encode_texts_layers(texts, [])[0]
+
+    def layer_names(self, modality: str) -> list[str]:
+        if modality != "text":
+            return super().layer_names(modality)
+        return ["embeddings"] + [f"encoder.layer.{i}" for i in range(int(self.model.config.num_hidden_layers))]
+
+    def layer_pooling(self, modality: str) -> str:
+        return f"{self.config.pooling} over the attention mask (the model's own pooling), not normalized"
+
+    def encode_texts_layers(self, texts: list[str], layers: list[int]):
         import torch
 
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
                                return_tensors="pt")
         batch = {name: value.to(self.device) for name, value in batch.items()}
-        states = self.model(**batch).last_hidden_state  # (B, T, c)
-        pooled = pool(states, batch["attention_mask"], self.config.pooling)
+        output = self.model(**batch, output_hidden_states=bool(layers))
+        pooled = pool(output.last_hidden_state, batch["attention_mask"], self.config.pooling)  # (B, c)
         if self.config.normalize:
             pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-        return pooled
+        hidden = {i: pool(output.hidden_states[i], batch["attention_mask"], self.config.pooling) for i in layers}
+        return pooled, hidden
 
 
 def _pooling_mode(model) -> str:
@@ -161,3 +173,56 @@ class SentenceTransformerEncoder(Encoder):
         normalization; no normalization added)."""
         return self.model.encode(list(texts), batch_size=max(1, len(texts)), convert_to_tensor=True,
                                  show_progress_bar=False, device=str(self.device)).float()
+
+    def _transformer(self):
+        module = self.model[0] if len(self.model) else None
+        model = getattr(module, "auto_model", None)
+        if model is None:
+            raise UnknownModelError(f"--layers: {self.spec} has no transformers model as its first module")
+        return module, model
+
+    def _pooling(self):
+        for module in self.model:
+            if type(module).__name__ == "Pooling":
+                return module
+        raise UnknownModelError(f"--layers: {self.spec} has no Pooling module to pool its layers with")
+
+    def layer_names(self, modality: str) -> list[str]:
+        if modality != "text":
+            return super().layer_names(modality)
+        _, model = self._transformer()
+        self._pooling()  # refused before anything is written
+        return ["embeddings"] + [f"layer.{i}" for i in range(int(model.config.num_hidden_layers))]
+
+    def layer_pooling(self, modality: str) -> str:
+        return f"the model's Pooling module ({_pooling_mode(self.model)}) on each layer, before Dense and Normalize"
+
+    def encode_texts_layers(self, texts: list[str], layers: list[int]):
+        """The final embedding as ``encode`` gives it, and each layer's token states through the model's own
+        Pooling module, from one forward pass of the model's modules (its ``all_layer_embeddings``)."""
+        import torch
+
+        _, model = self._transformer()
+        pooling = self._pooling()
+        prompt = self.model.prompts.get(getattr(self.model, "default_prompt_name", None) or "", "") or None
+        preprocess = getattr(self.model, "preprocess", None)
+        if preprocess is not None:  # sentence-transformers 6: the prompt, and its length for Pooling(include_prompt)
+            features = preprocess(list(texts), prompt=prompt)
+        else:
+            features = self.model.tokenize([(prompt or "") + text for text in texts])
+            if prompt:
+                features["prompt_length"] = int(self.model.tokenize([prompt])["input_ids"].shape[-1]) - 1
+        features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        previous = model.config.output_hidden_states
+        model.config.output_hidden_states = True  # the Transformer module then adds all_layer_embeddings
+        try:
+            with torch.inference_mode():
+                output = self.model(features)
+                hidden = {i: pooling(dict(output, token_embeddings=output["all_layer_embeddings"][i]))
+                          ["sentence_embedding"].float() for i in layers}
+        finally:
+            model.config.output_hidden_states = previous
+        final = output["sentence_embedding"].float()
+        if self.model.truncate_dim:
+            final = final[:, :int(self.model.truncate_dim)]
+        return final, hidden
