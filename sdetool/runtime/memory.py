@@ -17,17 +17,9 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _meminfo(field: str) -> int | None:
-    text = _read("/proc/meminfo")
-    for line in (text or "").splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def _status(field: str) -> int | None:
-    text = _read("/proc/self/status")
-    for line in (text or "").splitlines():
+def _kibibytes(path: str, field: str) -> int | None:
+    """``Field:  123 kB`` of a /proc file, in bytes."""
+    for line in (_read(path) or "").splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return None
@@ -70,7 +62,7 @@ def _rlimit_room() -> int | None:
         soft, _ = resource.getrlimit(getattr(resource, limit_name))
         if soft == resource.RLIM_INFINITY:
             continue
-        used = _status(used_field) or 0
+        used = _kibibytes("/proc/self/status", used_field) or 0
         rooms.append(max(soft - used, 0))
     return min(rooms) if rooms else None
 
@@ -101,7 +93,7 @@ def available_memory() -> int | None:
     override = os.environ.get(LIMIT_VARIABLE, "").strip()
     if override:
         return parse_size(override, LIMIT_VARIABLE)
-    rooms = [room for room in (_meminfo("MemAvailable"), _cgroup_room(), _rlimit_room()) if room is not None]
+    rooms = [room for room in (_kibibytes("/proc/meminfo", "MemAvailable"), _cgroup_room(), _rlimit_room()) if room is not None]
     return min(rooms) if rooms else None
 
 

@@ -82,11 +82,16 @@ def test_extract_refuses_a_second_writer_at_once(tmp_path, holder):
     assert sorted(os.listdir(tmp_path)) == ["same.h5.lock"]
 
 
-def test_finetune_and_reproduce_refuse_a_second_writer(tmp_path, holder):
-    pairs = str(tmp_path / "pairs.h5")
+def _pairs(tmp_path) -> str:
+    path = str(tmp_path / "pairs.h5")
     rng = np.random.default_rng(0)
-    store.write_set(pairs, "image", rng.standard_normal((100, 8)).astype(np.float32), mode="w")
-    store.write_set(pairs, "text", rng.standard_normal((100, 8)).astype(np.float32))
+    store.write_set(path, "image", rng.standard_normal((100, 8)).astype(np.float32), mode="w")
+    store.write_set(path, "text", rng.standard_normal((100, 8)).astype(np.float32))
+    return path
+
+
+def test_finetune_and_reproduce_refuse_a_second_writer(tmp_path, holder):
+    pairs = _pairs(tmp_path)
     run = str(tmp_path / "run")
     holder(run)
     assert_error(invoke(["finetune", "--target", "head", "--embeddings", pairs, "--out", run, "--steps", 2,
@@ -100,10 +105,7 @@ def test_finetune_and_reproduce_refuse_a_second_writer(tmp_path, holder):
 
 
 def test_finetune_runs_once_the_holder_is_gone(tmp_path, holder):
-    pairs = str(tmp_path / "pairs.h5")
-    rng = np.random.default_rng(0)
-    store.write_set(pairs, "image", rng.standard_normal((100, 8)).astype(np.float32), mode="w")
-    store.write_set(pairs, "text", rng.standard_normal((100, 8)).astype(np.float32))
+    pairs = _pairs(tmp_path)
     run = str(tmp_path / "run")
     process = holder(run)
     process.kill()
