@@ -68,8 +68,8 @@ def test_a_killed_holder_releases_the_lock(tmp_path, holder):
 
 def test_locks_of_different_outputs_do_not_meet(tmp_path, holder):
     holder(str(tmp_path / "a.h5"))
-    with writing(str(tmp_path / "b.h5")):
-        pass
+    with writing(str(tmp_path / "b.h5")) as lock:
+        assert os.path.exists(lock.path) and lock.path != lock_path(str(tmp_path / "a.h5"))
 
 
 def test_extract_refuses_a_second_writer_at_once(tmp_path, holder):
