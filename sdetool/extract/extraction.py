@@ -24,7 +24,7 @@ from sdetool.extract.data.items import ItemSource
 from sdetool.extract.layers import base_modality, layer_key, layer_plan
 from sdetool.extract.loading import ImageDataset, collate, plan_pipeline
 from sdetool.io.checkpoint import Chunk, WorkFolder
-from sdetool.io.locks import OutputLock
+from sdetool.io.locks import writing
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 STORE_DTYPES = ("float32", "float16")
@@ -425,12 +425,8 @@ def extract(model: str, source: ItemSource, out: str, options: ExtractOptions = 
     progress = progress or Progress()
     started = time.perf_counter()
     world = current_world()
-    lock = OutputLock(out)  # one writer of out, refused before anything loads (rank 0 holds it for the job)
-    on_main(world, lambda: lock.acquire() and None)
-    try:
+    with writing(out, through=lambda work: on_main(world, work)):  # one writer of out, refused before anything loads
         return _extract_locked(model, source, out, options, progress, world, started)
-    finally:
-        lock.release()
 
 
 def _extract_locked(model: str, source: ItemSource, out: str, options: ExtractOptions, progress: Progress, world,

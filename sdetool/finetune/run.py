@@ -24,7 +24,7 @@ from sdetool.finetune.reporting import REPORT_TO, check_tensorboard, tensorboard
 from sdetool.finetune.runfolder import EVAL, SCHEMA, WEIGHTS, RunFolder, exported_store
 from sdetool.finetune.sde import SDEConfig
 from sdetool.finetune.trainloop import PRECISIONS, TrainingLoop, batch_rows, learning_rate_factor
-from sdetool.io.locks import OutputLock
+from sdetool.io.locks import writing
 
 LOSSES = ("sde", "infonce")
 __all__ = ["FinetuneOptions", "FinetuneResult", "Progress", "TrainingLoop", "finetune", "evaluate", "batch_rows",
@@ -276,12 +276,8 @@ def finetune(out: str, options: FinetuneOptions, *, model: str | None = None, so
     options.validate()
     started = time.perf_counter()
     world = current_world()
-    lock = OutputLock(out, create_folder=True)  # one writer of the run folder, refused before anything loads
-    on_main(world, lambda: lock.acquire() and None)
-    try:
+    with writing(out, create_folder=True, through=lambda work: on_main(world, work)):  # one writer of the run folder
         return _finetune_locked(out, options, model, source, embeddings, progress, world, started)
-    finally:
-        lock.release()
 
 
 def _finetune_locked(out: str, options: FinetuneOptions, model, source, embeddings, progress, world,

@@ -100,11 +100,15 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 @contextmanager
-def writing(out: str, option: str = "--out", hold: bool = True, create_folder: bool = False):
-    """Hold the lock of ``out`` for the ``with`` block (``hold=False``: take none, as torchrun's other ranks do)."""
+def writing(out: str, option: str = "--out", hold: bool = True, create_folder: bool = False, through=None):
+    """Hold the lock of ``out`` for the ``with`` block (``hold=False``: take none).
+
+    ``through(work)`` runs the acquisition where it belongs and hands its refusal to everyone concerned: under
+    torchrun, ``lambda work: on_main(world, work)`` (rank 0 holds the lock for the job; a refusal reaches
+    every rank, so none waits forever)."""
     lock = OutputLock(out, option, create_folder)
     if hold:
-        lock.acquire()
+        (through or (lambda work: work()))(lambda: lock.acquire() and None)
     try:
         yield lock
     finally:

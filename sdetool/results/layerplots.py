@@ -48,7 +48,7 @@ def layers_figure(series: list[tuple[str, dict]], *, title: str | None = None):
     ----------
     series : list of (label, {modality: [(depth, name, set document)]})
     """
-    from sdetool.results.plots import BAND_COLOURS, LINE_STYLES, _figure, series_colour
+    from sdetool.results.plots import BAND_COLOURS, LINE_STYLES, _figure, _percent, series_colour
 
     modalities = sorted({m for _, table in series for m in table}, key=lambda m: (m != "image", m))
     deepest = {m: max(d for _, table in series for d, _, _ in table.get(m, []) if d is not FINAL) for m in modalities}
@@ -89,7 +89,3 @@ def layers_figure(series: list[tuple[str, dict]], *, title: str | None = None):
     if title:
         figure.suptitle(title)
     return figure
-
-
-def _percent(value):
-    return float("nan") if value is None else 100.0 * value
